@@ -1,0 +1,41 @@
+"""The stage registry: recipe names -> classes, as one explicit table.
+
+Imports are lazy so a recipe only loads the libraries of the stages it uses, and
+``pipelines`` never imports a concrete stage except through this table.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from pipelines.stage import Stage
+
+STAGES: dict[str, str] = {
+    "download": "pipelines.download:Download",
+    "basic_filter": "filters.basic:BasicFilter",
+    "language_filter": "filters.language:LanguageFilter",
+    "clip_score": "filters.clip_score:ClipScore",
+    "cat_filter": "filters.cat:CatFilter",
+    "dedup_exact": "dedup.exact:ExactDedup",
+    "dedup_perceptual": "dedup.perceptual:PerceptualDedup",
+    "dedup_minhash": "dedup.minhash:MinHashDedup",
+    "dedup_semantic": "dedup.semantic:SemanticDedup",
+    "decontaminate": "dedup.decontaminate:Decontaminate",
+    "metaclip": "curation.metaclip:MetaClipBalance",
+}
+
+
+class UnknownStage(KeyError):
+    pass
+
+
+def stage_class(name: str) -> type[Stage]:
+    """The class registered under ``name``; a clear error for unknown names."""
+    try:
+        target = STAGES[name]
+    except KeyError:
+        known = ", ".join(sorted(STAGES))
+        raise UnknownStage(f"unknown stage '{name}' (known: {known})") from None
+    module_name, _, class_name = target.partition(":")
+    module = importlib.import_module(module_name)
+    return getattr(module, class_name)
