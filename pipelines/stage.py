@@ -115,6 +115,15 @@ class GlobalStage(Stage):
     def fit(self, ds: "ray.data.Dataset") -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def stats(self) -> dict[str, pa.Table]:
+        """Tables the runner saves as ``out/stats/<label>.<key>.parquet`` for the audit
+        (e.g. MetaCLIP entry counts before/after balancing)."""
+        return {}
+
+    def summary(self) -> dict:
+        """Small JSON-able facts for this stage's manifest entry (e.g. the derived t)."""
+        return {}
+
 
 # ---------------------------------------------------------------- helpers for stages
 
