@@ -1,0 +1,126 @@
+"""Recipes: YAML files that name an input format, an output layout and ordered stages.
+
+Validation happens here, before any work starts: an unknown stage, a missing or
+mistyped parameter, or a column that no earlier stage provides is one line that
+names the recipe key (``stages[2].clip_score.min_score: ...``), never a traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pipelines.errors import RecipeError
+from pipelines.registry import UnknownStage, stage_class
+from pipelines.stage import SAMPLE_SCHEMA, Stage
+
+
+class InputConfig(BaseModel):
+    """How to read the URL + caption list."""
+
+    model_config = ConfigDict(extra="forbid")
+    format: Literal["auto", "parquet", "csv", "tsv", "jsonl", "txt"] = "auto"
+    url_col: str = "url"
+    caption_col: str = "caption"
+    partition_size: int = Field(1000, gt=0, description="rows per input partition (unit of resume)")
+
+
+class OutputConfig(BaseModel):
+    """How to lay out the final shards."""
+
+    model_config = ConfigDict(extra="forbid")
+    shard_rows: int = Field(10_000, gt=0, description="kept rows per output shard (at most)")
+
+
+class Recipe(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = "recipe"
+    seed: int = 0
+    input: InputConfig = InputConfig()
+    output: OutputConfig = OutputConfig()
+    stages: list[dict] = Field(default_factory=list)
+
+
+def load_recipe(path: str | Path) -> tuple[Recipe, list[Stage]]:
+    """Read and validate a recipe file; returns the recipe and its built stages."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RecipeError(f"{path}: recipe file not found") from None
+    except yaml.YAMLError as err:
+        raise RecipeError(f"{path}: not valid YAML ({_one_line(str(err))})") from None
+    return parse_recipe(raw if raw is not None else {}, source=str(path))
+
+
+def parse_recipe(raw: dict, source: str = "recipe") -> tuple[Recipe, list[Stage]]:
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{source}: a recipe is a mapping with keys name, seed, input, output, stages")
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as err:
+        raise RecipeError(f"{source}: {_first_error(err)}") from None
+    stages = build_stages(recipe.stages, source=source)
+    check_columns(stages, source=source)
+    return recipe, stages
+
+
+def build_stages(entries: list, source: str = "recipe") -> list[Stage]:
+    """Each entry is a one-key mapping ``{stage_name: {params}}`` (or a bare name)."""
+    stages: list[Stage] = []
+    seen: dict[str, int] = {}
+    for i, entry in enumerate(entries):
+        if isinstance(entry, str):
+            entry = {entry: {}}
+        if not isinstance(entry, dict) or len(entry) != 1:
+            raise RecipeError(f"{source}: stages[{i}]: each stage is a one-key mapping like '- basic_filter: {{}}'")
+        (name, params), = entry.items()
+        params = params or {}
+        key = f"stages[{i}].{name}"
+        if not isinstance(params, dict):
+            raise RecipeError(f"{source}: {key}: parameters must be a mapping, got {type(params).__name__}")
+        try:
+            cls = stage_class(name)
+        except UnknownStage as err:
+            raise RecipeError(f"{source}: {key}: {err.args[0]}") from None
+        try:
+            config = cls.Config.model_validate(params)
+        except ValidationError as err:
+            raise RecipeError(f"{source}: {key}.{_first_error(err)}") from None
+        stage = cls(config)
+        seen[name] = seen.get(name, 0) + 1
+        if seen[name] > 1:
+            stage.label = f"{name}_{seen[name]}"
+        stages.append(stage)
+    return stages
+
+
+def check_columns(stages: list[Stage], source: str = "recipe", available: set[str] | None = None) -> None:
+    """Every column a stage reads must exist in the input schema or be added earlier."""
+    have = set(SAMPLE_SCHEMA.names) if available is None else set(available)
+    for i, stage in enumerate(stages):
+        for column in stage.reads:
+            if column not in have:
+                raise RecipeError(
+                    f"{source}: stages[{i}].{stage.name}: needs column '{column}', "
+                    f"which neither the input nor an earlier stage provides"
+                )
+        have.update(stage.adds)
+
+
+def _first_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(part) for part in first["loc"])
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown parameter"
+    elif "input" in first and first["type"] != "missing":
+        msg = f"{msg} (got {first['input']!r})"
+    return f"{loc}: {msg}" if loc else msg
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
