@@ -1,0 +1,247 @@
+"""MetaCLIP balancing: match captions to metadata entries, cap every entry at t.
+
+"Demystifying CLIP Data" (Xu et al., 2023; MetaCLIP), Sec. 3 and Algorithm 1: each
+caption is matched against ~500k metadata entries (substring match, see
+``curation.metadata``), entries are counted over the whole pool, and a pair is kept
+with probability 1 - prod_e (1 - min(1, t / count_e)) over its matched entries, so
+head entries are capped at about t (20k for 400M pairs) and tail entries keep all
+their pairs. Captions with no match are dropped, as in MetaCLIP.
+
+The keep rule follows the reference ``metaclip/balancing.py`` (``balance_sampling``):
+one draw per matched entry, keep if any draw < min(1, t / count_e), which has exactly
+the probability above. Draws are ``hash(uid, entry_id, seed)`` (blake2b of the uid and
+seed, mixed with the entry id), not a stateful RNG, so the kept set does not depend
+on partitioning or cluster size. ``t`` may instead be derived from a target tail
+fraction with MetaCLIP 2's ``p_to_t`` (the inverse of ``t_to_p``: the share of
+matches held by entries with count < t).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import Field, model_validator
+
+from curation.metadata import cached_matcher, load_entries
+from pipelines.stage import GlobalStage, Resources, StageConfig, ensure_columns, kept_mask, reject_rows, set_column
+
+if TYPE_CHECKING:  # pragma: no cover
+    import ray.data
+
+ENTRIES = "metaclip_entries"
+
+
+class MetaClipConfig(StageConfig):
+    """``metadata``: entry list (JSON list or one entry per line). ``t``: the per-entry
+    cap (MetaCLIP: 20k for 400M pairs). ``tail_fraction``: derive t instead, so that
+    entries with count < t hold this share of all matches (MetaCLIP 2 ``p_to_t``);
+    give one of the two. ``seed``: salt of the keep draws."""
+
+    metadata: str
+    t: int | None = Field(default=20_000, ge=1)
+    tail_fraction: float | None = Field(default=None, gt=0.0, lt=1.0)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _one_threshold(self):
+        if self.tail_fraction is not None and "t" in self.model_fields_set and self.t is not None:
+            raise ValueError("give either t or tail_fraction, not both")
+        if self.tail_fraction is None and self.t is None:
+            raise ValueError("give t or tail_fraction")
+        return self
+
+
+class MetaClipBalance(GlobalStage):
+    """MetaCLIP curation as a global stage: ``prepare`` matches (adds
+    ``metaclip_entries``, rejects ``no_match``), ``fit`` counts entries over the
+    dataset in one distributed pass and fixes t, ``__call__`` balances (rejects
+    ``balanced_out``)."""
+
+    name = "metaclip"
+    Config = MetaClipConfig
+    reads = ("uid", "caption")
+    adds = {ENTRIES: pa.list_(pa.int32())}
+
+    def __init__(self, config: MetaClipConfig | None = None, **params):
+        super().__init__(config, **params)
+        self._probs: np.ndarray | None = None
+        self._t: int | None = None
+        self._count_before: np.ndarray | None = None
+        self._count_after: np.ndarray | None = None
+
+    def resources(self) -> Resources:
+        return Resources(batch_size=1024)
+
+    # ---------------------------------------------------------------- matching
+
+    def prepare(self, batch: pa.Table) -> pa.Table:
+        """Match every kept caption; the automaton is built on first use per process
+        (``cached_matcher``), not shipped with the stage."""
+        kept = kept_mask(batch)
+        if kept.any():
+            captions = pc.if_else(pa.array(kept), batch.column("caption"), pa.nulls(batch.num_rows, pa.string()))
+            entries = cached_matcher(self.config.metadata).match(captions)
+            entries = pc.if_else(pa.array(kept), entries, pa.nulls(batch.num_rows, entries.type))
+            batch = set_column(batch, ENTRIES, entries)
+            no_match = kept & (pc.list_value_length(entries).to_numpy(zero_copy_only=False) == 0)
+            batch = reject_rows(batch, no_match, self.reason("no_match"))
+        return ensure_columns(batch, self.adds)
+
+    # ---------------------------------------------------------------- counting
+
+    def fit(self, ds: "ray.data.Dataset") -> None:
+        """Global entry counts from per-block partial counts (only entry ids and counts
+        travel to the driver, never captions), then t, the keep probabilities, and the
+        counts after balancing (a second pass over the entry lists)."""
+        n_entries = len(load_entries(self.config.metadata))
+        lists = ds.select_columns(["uid", ENTRIES])
+        count_before, matched = _sum_partials(lists.map_batches(
+            _partial_counts, fn_kwargs={"probs": None, "seed": self.config.seed},
+            batch_format="pyarrow", batch_size=None), n_entries)
+        if self.config.tail_fraction is not None:
+            t = p_to_t(count_before, self.config.tail_fraction)
+        else:
+            t = int(self.config.t)
+        self._t = t
+        self._probs = entry_probs(count_before, t)
+        count_after, kept = _sum_partials(lists.map_batches(
+            _partial_counts, fn_kwargs={"probs": self._probs, "seed": self.config.seed},
+            batch_format="pyarrow", batch_size=None), n_entries)
+        self._count_before, self._count_after = count_before, count_after
+        self._matched, self._kept = matched, kept
+
+    # ---------------------------------------------------------------- balancing
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        if self._probs is None:
+            raise RuntimeError(f"stage {self.label}: call fit(dataset) before balancing")
+        if ENTRIES not in batch.column_names:
+            raise ValueError(f"stage {self.label}: batch has no {ENTRIES} column; run prepare(batch) first")
+        kept = kept_mask(batch)
+        lists = batch.column(ENTRIES)
+        empty = pc.fill_null(pc.list_value_length(lists), 0).to_numpy(zero_copy_only=False) == 0
+        batch = reject_rows(batch, kept & empty, self.reason("no_match"))
+        todo = kept & ~empty
+        keep = np.zeros(batch.num_rows, dtype=bool)
+        if todo.any():
+            rows = batch.select(["uid", ENTRIES]).filter(pa.array(todo))
+            keep[todo] = keep_mask(rows.column("uid"), rows.column(ENTRIES), self._probs, self.config.seed)
+        return reject_rows(batch, todo & ~keep, self.reason("balanced_out"))
+
+    # ---------------------------------------------------------------- reporting
+
+    def stats(self) -> dict[str, pa.Table]:
+        if self._count_before is None:
+            return {}
+        entries = load_entries(self.config.metadata)
+        return {"entry_counts": pa.table({
+            "entry_id": pa.array(np.arange(len(entries), dtype=np.int32)),
+            "entry": pa.array(entries, pa.string()),
+            "count_before": pa.array(self._count_before, pa.int64()),
+            "count_after": pa.array(self._count_after, pa.int64()),
+        })}
+
+    def summary(self) -> dict:
+        if self._count_before is None:
+            return {}
+        return {
+            "t": int(self._t),
+            "tail_fraction": t_to_p(self._count_before, self._t),
+            "entries": int(len(self._count_before)),
+            "entries_matched": int((self._count_before > 0).sum()),
+            "matched": int(self._matched),
+            "kept": int(self._kept),
+            "seed": int(self.config.seed),
+        }
+
+
+# ------------------------------------------------------------------ the rule
+
+
+def p_to_t(entry_counts: np.ndarray, p: float) -> int:
+    """MetaCLIP 2 ``p_to_t``: the count whose cumulative share of sorted counts is
+    closest to ``p`` (at least 1)."""
+    counts = np.sort(np.asarray(entry_counts, dtype=np.int64))
+    total = counts.sum()
+    if total == 0:
+        return 1
+    portion = np.cumsum(counts) / total
+    return max(1, int(counts[np.abs(portion - p).argmin()]))
+
+
+def t_to_p(entry_counts: np.ndarray, t: int) -> float:
+    """MetaCLIP 2 ``t_to_p``: share of all matches held by entries with count < t."""
+    counts = np.asarray(entry_counts, dtype=np.int64)
+    total = counts.sum()
+    return float(counts[counts < t].sum() / total) if total else 0.0
+
+
+def entry_probs(entry_counts: np.ndarray, t: int) -> np.ndarray:
+    """MetaCLIP 2 ``count_to_prob``: min(1, t / count) per entry (1 for unseen entries)."""
+    counts = np.maximum(np.asarray(entry_counts, dtype=np.float64), t)
+    return t / counts
+
+
+def keep_mask(uids: pa.Array | pa.ChunkedArray, lists: pa.Array | pa.ChunkedArray,
+              probs: np.ndarray, seed: int) -> np.ndarray:
+    """Per row: any matched entry e with draw(uid, e, seed) < probs[e] (rows with no
+    or null entries: False)."""
+    if isinstance(lists, pa.ChunkedArray):
+        lists = lists.combine_chunks() if lists.num_chunks else pa.array([], lists.type)
+    n = len(lists)
+    lengths = pc.fill_null(pc.list_value_length(lists), 0).to_numpy(zero_copy_only=False)
+    values = pc.list_flatten(lists).to_numpy(zero_copy_only=False).astype(np.int64)
+    if values.size == 0:
+        return np.zeros(n, dtype=bool)
+    rows = np.repeat(np.arange(n), lengths)
+    draws = entry_draws(uids, rows, values, seed)
+    hit = draws < probs[values]
+    return np.bincount(rows[hit], minlength=n) > 0
+
+
+def entry_draws(uids, rows: np.ndarray, entry_ids: np.ndarray, seed: int) -> np.ndarray:
+    """Uniform [0, 1) draws from (uid, entry_id, seed): a 64-bit blake2b key per uid
+    and seed, mixed with the entry id by splitmix64's finalizer."""
+    uids = uids.to_pylist() if isinstance(uids, (pa.Array, pa.ChunkedArray)) else list(uids)
+    needed = np.unique(rows)
+    keys = np.zeros(len(uids), dtype=np.uint64)
+    keys[needed] = [
+        int.from_bytes(hashlib.blake2b(f"{uids[i]}|metaclip|{seed}".encode(), digest_size=8).digest(), "big")
+        for i in needed.tolist()
+    ]
+    x = keys[rows] ^ ((entry_ids.astype(np.uint64) + np.uint64(1)) * np.uint64(0x9E3779B97F4A7C15))
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    x = x ^ (x >> np.uint64(31))
+    return (x >> np.uint64(11)).astype(np.float64) * (1.0 / 2**53)
+
+
+# ------------------------------------------------------------------ distributed counts
+
+
+def _partial_counts(batch: pa.Table, probs: np.ndarray | None, seed: int) -> pa.Table:
+    """One block's entry counts (of all its rows, or with ``probs``, of the rows the
+    balancing keeps), as sparse (entry_id, count); entry_id -1 carries the row count."""
+    lists = batch.column(ENTRIES)
+    if probs is not None:
+        batch = batch.filter(pa.array(keep_mask(batch.column("uid"), lists, probs, seed)))
+        lists = batch.column(ENTRIES)
+    rows = int(pc.sum(pc.greater(pc.fill_null(pc.list_value_length(lists), 0), 0)).as_py() or 0)
+    values = pc.list_flatten(lists).to_numpy(zero_copy_only=False) if len(lists) else np.zeros(0, np.int32)
+    ids, counts = np.unique(values, return_counts=True)
+    return pa.table({
+        "entry_id": pa.array(np.append(ids.astype(np.int64), -1)),
+        "count": pa.array(np.append(counts.astype(np.int64), rows)),
+    })
+
+
+def _sum_partials(partials: "ray.data.Dataset", n_entries: int) -> tuple[np.ndarray, int]:
+    totals = np.zeros(n_entries + 1, dtype=np.int64)  # last slot: rows (entry_id -1)
+    for part in partials.iter_batches(batch_format="pyarrow", batch_size=None):
+        ids = part.column("entry_id").to_numpy()
+        np.add.at(totals, ids, part.column("count").to_numpy())
+    return totals[:-1], int(totals[-1])
