@@ -256,6 +256,9 @@ def _wordnet_reader(wordnet_dir: str | None, cache_dir: str | None):
                                        or os.path.getsize(target) != os.path.getsize(source)):
             shutil.copyfile(source, target + ".tmp")
             os.replace(target + ".tmp", target)
+    for name in ("cntlist.rev", "index.sense"):  # optional for names; nltk opens them
+        if not os.path.isfile(os.path.join(corpus, name)):
+            open(os.path.join(corpus, name), "w").close()
     lexnames = "".join(f"{i:02d}\t{name}\t{_LEX_CATEGORY[name.split('.')[0]]}\n" for i, name in enumerate(_LEXNAMES))
     with open(os.path.join(corpus, "lexnames"), "w", encoding="utf-8") as handle:
         handle.write(lexnames)
