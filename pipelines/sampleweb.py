@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -193,8 +194,9 @@ class SampleWeb:
     ``requests`` counts requests per path, so tests can check what was fetched.
     """
 
-    def __init__(self, n: int = 500, seed: int = 0, port: int = 0):
+    def __init__(self, n: int = 500, seed: int = 0, port: int = 0, delay: float = 0.0):
         self.samples = generate_samples(n, seed)
+        self.delay = delay  # seconds per response: a slow web, for resume tests
         self.routes = {s.path: s for s in self.samples}
         self.requests: Counter[str] = Counter()
         self._lock = threading.Lock()
@@ -216,6 +218,8 @@ class SampleWeb:
             def do_GET(self):  # noqa: N802 - http.server naming
                 with web._lock:
                     web.requests[self.path] += 1
+                if web.delay:
+                    time.sleep(web.delay)
                 sample = web.routes.get(self.path)
                 if sample is None or sample.body is None:
                     self.send_response(404)
