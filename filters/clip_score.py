@@ -1,0 +1,314 @@
+"""CLIP score: cosine similarity of a pair's image and caption embeddings, and the
+DataComp / DFN filters that keep the best-aligned pairs.
+
+CLIP score filtering (Hessel et al., 2021; LAION-400M keeps ViT-B/32 score >= 0.28;
+DataComp, Gadre et al., 2023, Sec. 4 and Table 3, keeps the top 30% by ViT-L/14
+score) is the strongest single baseline of the DataComp filtering track. Data
+Filtering Networks (Fang et al., 2023) score the pool with a CLIP trained on trusted
+pairs instead: point ``model`` at a checkpoint of the bundled trainer.
+
+Every kept pair gets ``clip_score`` (float32), and with ``embeddings: true`` the
+L2-normalised ``clip_image_emb``/``clip_text_emb`` (float16) for semantic dedup and
+the audit. Scores are stored even for pairs the threshold rejects, so the threshold
+can be re-tuned and the audit can plot what was cut. Two thresholds, both rejecting
+with ``clip_score:below_threshold``:
+
+- ``min_score``: absolute (LAION style), decided per batch;
+- ``keep_top``: a fraction of the kept pairs (DataComp style). It needs the global
+  score distribution, so the stage is then a global stage: ``prepare`` scores every
+  batch, ``fit`` finds the DataComp cut (the ``int(n * keep_top)``-th largest score
+  over kept pairs), ``__call__`` rejects pairs below it.
+  With both set, a pair must pass both.
+
+Images that cannot be decoded are rejected as ``clip_score:decode_error``; kept rows
+without image bytes as ``clip_score:missing_image``.
+
+Throughput: one actor per GPU (or CPU actors) holds the model; inside it a thread
+pool decodes, preprocesses (open_clip's own transform) and tokenizes the rows of the
+next forward pass while the model runs the current one (PIL and torch release the GIL
+for the heavy parts). Inference is batched, under fp16/bf16 autocast on GPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from pydantic import Field
+
+from filters.clip_model import ClipModel, load_clip, model_config
+from pipelines.stage import GlobalStage, Resources, StageConfig, ensure_columns, kept_mask, reject_rows, set_column
+
+HISTOGRAM_BINS = 80
+
+
+class ClipScoreConfig(StageConfig):
+    model: str = Field(
+        description="open_clip model name (with `pretrained`), 'local-dir:PATH' or a checkpoint directory, "
+        "or a JSON model config (with `pretrained` = weights file)"
+    )
+    pretrained: str | None = Field(None, description="open_clip pretrained tag or weights file (null: random weights)")
+    batch_size: int = Field(256, ge=1, description="pairs per forward pass")
+    batches_per_task: int = Field(
+        4, ge=1, description="forward passes per Ray batch; decoding the next one overlaps the current one"
+    )
+    concurrency: int = Field(1, ge=1, description="model actors (one per GPU when GPUs exist)")
+    num_cpus: float = Field(1.0, gt=0, description="CPUs per actor (decode threads default to this)")
+    decode_workers: int | None = Field(None, ge=1, description="decode/tokenize threads per actor (null: num_cpus)")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
+        "auto", description="autocast dtype; auto: fp16 on GPU, fp32 on CPU"
+    )
+    embeddings: bool = Field(False, description="also write clip_image_emb / clip_text_emb (float16)")
+    min_score: float | None = Field(None, ge=-1.0, le=1.0, description="reject pairs scoring below this")
+    keep_top: float | None = Field(None, gt=0.0, le=1.0, description="keep this fraction of pairs with the best scores")
+
+
+class ClipScore(GlobalStage):
+    """Score image-caption alignment with a CLIP model; filter by score."""
+
+    name = "clip_score"
+    Config = ClipScoreConfig
+    reads = ("image", "caption")
+
+    def __init__(self, config: ClipScoreConfig | None = None, **params):
+        super().__init__(config, **params)
+        self._runtime: _Runtime | None = None
+        self._embed_dim: int | None = None
+        self._fitted: float | None = None  # the keep_top score threshold
+        self._fit_done = False
+        self._summary: dict = {}
+        self._histogram: pa.Table | None = None
+
+    # -------------------------------------------------------------- declared surface
+
+    @property
+    def is_global(self) -> bool:  # type: ignore[override]
+        """Global only for ``keep_top``: a fraction needs the whole score distribution."""
+        return self.config.keep_top is not None
+
+    @property
+    def adds(self) -> dict[str, pa.DataType]:  # type: ignore[override]
+        columns: dict[str, pa.DataType] = {"clip_score": pa.float32()}
+        if self.config.embeddings:
+            if self._embed_dim is None:
+                self._embed_dim = int(model_config(self.config.model, self.config.pretrained)["embed_dim"])
+            columns["clip_image_emb"] = pa.list_(pa.float16(), self._embed_dim)
+            columns["clip_text_emb"] = pa.list_(pa.float16(), self._embed_dim)
+        return columns
+
+    def resources(self) -> Resources:
+        cfg: ClipScoreConfig = self.config
+        return Resources(
+            num_cpus=cfg.num_cpus,
+            num_gpus=1.0 if _device(cfg.device).type == "cuda" else 0.0,
+            batch_size=cfg.batch_size * cfg.batches_per_task,
+            concurrency=cfg.concurrency,
+        )
+
+    # ------------------------------------------------------------------------ work
+
+    def setup(self) -> None:
+        cfg: ClipScoreConfig = self.config
+        device = _device(cfg.device)
+        precision = cfg.precision if cfg.precision != "auto" else ("fp16" if device.type == "cuda" else "fp32")
+        clip = load_clip(cfg.model, cfg.pretrained, device=device)
+        workers = cfg.decode_workers or max(1, int(cfg.num_cpus))
+        self._runtime = _Runtime(clip, device, precision, ThreadPoolExecutor(workers, thread_name_prefix="clip-decode"))
+
+    def prepare(self, batch: pa.Table) -> pa.Table:
+        """Global mode, pass 1: score every batch (streaming), no threshold yet."""
+        return self._score(batch)
+
+    def fit(self, ds) -> None:
+        """Global mode, pass 2: the DataComp cut over the kept pairs' scores.
+
+        DataComp (``baselines/apply_filter.py`` ``get_threshold``) sorts all scores and
+        keeps those >= the score at rank ``int(n * fraction)``; we take the
+        ``max(1, int(n * keep_top))``-th largest, so exactly that many pairs pass
+        (plus ties). Partition-independent: it is a function of the score multiset.
+        """
+        columns = ["clip_score"] + (["reject"] if "reject" in ds.schema().names else [])
+        parts = [np.empty(0, np.float32)]
+        for part in ds.select_columns(columns).iter_batches(batch_format="pyarrow", batch_size=None):
+            score = part.column("clip_score")
+            if "reject" in part.column_names:
+                score = score.filter(pc.is_null(part.column("reject")))
+            parts.append(score.drop_null().to_numpy().astype(np.float32, copy=False))
+        scores = np.concatenate(parts)
+        n = scores.size
+        if n:
+            k = max(1, int(n * self.config.keep_top))
+            self._fitted = float(np.partition(scores, n - k)[n - k])
+        else:
+            self._fitted = None
+        counts, edges = np.histogram(scores, bins=HISTOGRAM_BINS, range=(-1.0, 1.0))
+        self._histogram = pa.table(
+            {
+                "bin_start": pa.array(edges[:-1], pa.float32()),
+                "bin_end": pa.array(edges[1:], pa.float32()),
+                "pairs": pa.array(counts, pa.int64()),
+            }
+        )
+        self._summary = {
+            "keep_top": self.config.keep_top,
+            "min_score": self.config.min_score,
+            "threshold": self._fitted,
+            "scored": int(n),
+            "above_threshold": int((scores >= self._fitted).sum()) if n else 0,
+            "mean_score": float(scores.mean()) if n else None,
+        }
+        self._fit_done = True
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        if self.is_global:
+            if not self._fit_done:
+                raise RuntimeError(f"{self.label}: keep_top needs fit() over the dataset before __call__")
+            if "clip_score" not in batch.column_names:  # the runner passes prepared batches
+                batch = self._score(batch)
+        else:
+            batch = self._score(batch)
+        threshold = max(t for t in (self.config.min_score, self._fitted, -np.inf) if t is not None)
+        if np.isfinite(threshold):
+            below = pc.fill_null(pc.less(batch.column("clip_score"), threshold), False)
+            batch = reject_rows(batch, below.to_numpy(zero_copy_only=False), self.reason("below_threshold"))
+        return batch
+
+    def stats(self) -> dict[str, pa.Table]:
+        return {"histogram": self._histogram} if self._histogram is not None else {}
+
+    def summary(self) -> dict:
+        return dict(self._summary)
+
+    def __getstate__(self) -> dict:
+        """Ship config and fitted state, never the model or threads (workers set up)."""
+        state = self.__dict__.copy()
+        state["_runtime"] = None
+        state["_ready"] = False
+        return state
+
+    # ----------------------------------------------------------------------- scoring
+
+    def _score(self, batch: pa.Table) -> pa.Table:
+        """Add the score (and embedding) columns for kept rows; reject undecodable ones."""
+        self.ensure_setup()
+        adds = self.adds
+        keep = kept_mask(batch)
+        has_image = pc.is_valid(batch.column("image")).to_numpy(zero_copy_only=False)
+        batch = reject_rows(batch, keep & ~has_image, self.reason("missing_image"))
+        rows = np.flatnonzero(keep & has_image)
+        if rows.size == 0:
+            return ensure_columns(batch, adds)
+
+        take = pa.array(rows)
+        images = batch.column("image").take(take).to_pylist()
+        captions = pc.fill_null(batch.column("caption").take(take), "").to_pylist()
+        result = self._runtime.encode(images, captions, self.config.batch_size, self.config.embeddings)
+
+        scored = rows[result.decoded]
+        index = np.full(batch.num_rows, -1, dtype=np.int64)
+        index[scored] = np.arange(scored.size)
+        gather = pa.array(index, mask=index < 0)
+        batch = set_column(batch, "clip_score", pa.array(result.scores, pa.float32()).take(gather))
+        if self.config.embeddings:
+            dim = result.image_emb.shape[1]
+            for column, values in (("clip_image_emb", result.image_emb), ("clip_text_emb", result.text_emb)):
+                fixed = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1), pa.float16()), dim)
+                batch = set_column(batch, column, fixed.take(gather))
+        failed = np.zeros(batch.num_rows, dtype=bool)
+        failed[rows[~result.decoded]] = True
+        batch = reject_rows(batch, failed, self.reason("decode_error"))
+        return ensure_columns(batch, adds)
+
+
+# ----------------------------------------------------------------------------- runtime
+
+
+@dataclass
+class _Encoded:
+    decoded: np.ndarray  # bool per input pair: image decoded and scored
+    scores: np.ndarray  # float32, one per decoded pair
+    image_emb: np.ndarray | None  # float16 (decoded, dim), L2-normalised
+    text_emb: np.ndarray | None
+
+
+@dataclass
+class _Runtime:
+    """Per-worker state: the model, its device and precision, the decode threads."""
+
+    clip: ClipModel
+    device: torch.device
+    precision: str
+    pool: ThreadPoolExecutor
+
+    def encode(self, images: list[bytes], captions: list[str], batch_size: int, embeddings: bool) -> _Encoded:
+        """Decode + tokenize in the pool, in order, while the model runs earlier chunks."""
+        chunks: list[tuple[Future, list[Future]]] = []
+        for start in range(0, len(images), batch_size):
+            tokens = self.pool.submit(self.clip.tokenizer, captions[start : start + batch_size])
+            pixels = [self.pool.submit(_decode, self.clip.preprocess, data) for data in images[start : start + batch_size]]
+            chunks.append((tokens, pixels))
+
+        decoded, scores, image_emb, text_emb = [], [], [], []
+        for tokens, pixels in chunks:
+            tensors = [f.result() for f in pixels]
+            ok = np.array([t is not None for t in tensors], dtype=bool)
+            decoded.append(ok)
+            if not ok.any():
+                continue
+            image, text = self._forward(
+                torch.stack([t for t in tensors if t is not None]), tokens.result()[torch.from_numpy(ok)]
+            )
+            scores.append((image * text).sum(dim=-1).cpu().numpy())
+            if embeddings:
+                image_emb.append(image.half().cpu().numpy())
+                text_emb.append(text.half().cpu().numpy())
+
+        def stacked(parts):
+            return np.concatenate(parts) if parts else None
+
+        return _Encoded(
+            decoded=np.concatenate(decoded),
+            scores=stacked(scores) if scores else np.empty(0, np.float32),
+            image_emb=stacked(image_emb),
+            text_emb=stacked(text_emb),
+        )
+
+    def _forward(self, pixels: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised fp32 image and text embeddings for one chunk."""
+        model = self.clip.model
+        with torch.inference_mode(), self._autocast():
+            image = model.encode_image(pixels.to(self.device, non_blocking=True))
+            text = model.encode_text(tokens.to(self.device, non_blocking=True))
+        return F.normalize(image.float(), dim=-1), F.normalize(text.float(), dim=-1)
+
+    def _autocast(self):
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+
+def _decode(preprocess, data: bytes) -> torch.Tensor | None:
+    """open_clip's inference transform on one encoded image; None if it does not decode."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return preprocess(image)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return None
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
