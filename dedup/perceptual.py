@@ -1,0 +1,157 @@
+"""Perceptual image dedup: near-identical images within a Hamming radius of pHash/dHash.
+
+Re-encodes at other JPEG qualities, resized copies and light crops change every byte
+but barely move a perceptual hash (pHash: Zauner 2010; dHash: Krawetz 2013; both from
+the ``imagehash`` library). Near pairs are found without comparing all pairs, by the
+pigeonhole principle (Manku et al. 2007, "Detecting near-duplicates for web
+crawling"): split the 64 bits into r + 1 bands; two hashes within distance r agree
+exactly on at least one band, so candidates are rows sharing a band value, and each
+candidate pair is then verified on the exact Hamming distance of every listed hash.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Literal
+
+import imagehash
+import numpy as np
+import pyarrow as pa
+from PIL import Image
+from pydantic import Field
+
+from dedup import _groups
+from pipelines.stage import GlobalStage, StageConfig, ensure_columns, kept_mask, set_column
+
+HASH_BITS = 64
+
+
+class PerceptualDedupConfig(StageConfig):
+    hashes: tuple[Literal["phash", "dhash"], ...] = Field(("phash",), min_length=1)
+    """Hashes a pair must be near on (all of them); the first one is bucketed."""
+    max_distance: int = Field(6, ge=0, le=31)
+    """Hamming radius (inclusive) on each 64-bit hash."""
+
+
+class PerceptualDedup(GlobalStage):
+    """One survivor per group of perceptually near-identical images; the others get
+    ``dedup_perceptual:duplicate_of=<uid>`` (keep rule: highest clip_score, then uid)."""
+
+    name = "dedup_perceptual"
+    Config = PerceptualDedupConfig
+    reads = ("uid", "image")
+    adds = {"phash": pa.uint64(), "dhash": pa.uint64()}
+
+    def __init__(self, config: PerceptualDedupConfig | None = None, **params):
+        super().__init__(config, **params)
+        self._duplicates = _groups.DuplicateLookup(_groups.DUPLICATES_SCHEMA.empty_table())
+
+    def prepare(self, batch: pa.Table) -> pa.Table:
+        kept = kept_mask(batch)
+        images = batch.column("image").to_pylist()
+        hashes = [_image_hashes(b, self.config.hashes) if k and b is not None else None for b, k in zip(images, kept)]
+        for index, kind in enumerate(self.config.hashes):
+            values = [h[index] if h is not None else None for h in hashes]
+            batch = set_column(batch, kind, pa.array(values, pa.uint64()))
+        return ensure_columns(batch, self.adds)
+
+    def fit(self, ds) -> None:
+        kinds = list(self.config.hashes)
+        bands = _band_layout(self.config.max_distance)
+        ds = ds.select_columns([*kinds, *_groups.rank_columns(ds.columns())])
+
+        def explode(table: pa.Table) -> pa.Table:
+            valid = np.ones(table.num_rows, dtype=bool)
+            for kind in kinds:
+                valid &= table.column(kind).is_valid().to_numpy(zero_copy_only=False)
+            table = table.filter(pa.array(valid))
+            first = table.column(kinds[0]).to_numpy(zero_copy_only=False).astype(np.uint64)
+            parts = []
+            for band, (shift, width) in enumerate(bands):
+                value = (first >> np.uint64(shift)) & np.uint64((1 << width) - 1)
+                parts.append(
+                    table.append_column("band", pa.array(np.full(table.num_rows, band, np.int32))).append_column(
+                        "bucket", pa.array(value)
+                    )
+                )
+            return pa.concat_tables(parts)
+
+        max_distance = self.config.max_distance
+
+        def near_pairs(bucket: pa.Table):
+            values = np.stack([bucket.column(k).to_numpy(zero_copy_only=False).astype(np.uint64) for k in kinds], 1)
+            same_i, same_j, heads = _groups.same_value_pairs(values)
+            near_i, near_j = _pairs_within(values[heads], max_distance)
+            return np.concatenate([same_i, heads[near_i]]), np.concatenate([same_j, heads[near_j]])
+
+        exploded = ds.map_batches(explode, batch_format="pyarrow")
+        links = _groups.link_buckets(exploded, ["band", "bucket"], near_pairs)
+        self._duplicates = _groups.DuplicateLookup(_groups.resolve(links))
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        batch = ensure_columns(batch, self.adds)
+        return _groups.reject_duplicates(self, batch, self._duplicates)
+
+    def stats(self) -> dict[str, pa.Table]:
+        return {"duplicates": self._duplicates.table()}
+
+    def summary(self) -> dict:
+        return {
+            "hashes": list(self.config.hashes),
+            "max_distance": self.config.max_distance,
+            **_groups.summary_of(self._duplicates),
+        }
+
+
+def image_hash(data: bytes, kind: str) -> int | None:
+    """A 64-bit perceptual hash of encoded image bytes as an int; None if undecodable."""
+    hashes = _image_hashes(data, (kind,))
+    return None if hashes is None else hashes[0]
+
+
+def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Element-wise (broadcast) Hamming distance of uint64 hashes."""
+    return np.bitwise_count(np.bitwise_xor(a, b))
+
+
+def _image_hashes(data: bytes, kinds) -> tuple[int, ...] | None:
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            return tuple(_to_int(_HASHERS[kind](image)) for kind in kinds)
+    except Exception:  # undecodable bytes: no hash, never grouped
+        return None
+
+
+_HASHERS = {"phash": imagehash.phash, "dhash": imagehash.dhash}
+
+
+def _to_int(h: imagehash.ImageHash) -> int:
+    return int.from_bytes(np.packbits(h.hash.reshape(-1)).tobytes(), "big")
+
+
+def _band_layout(max_distance: int) -> list[tuple[int, int]]:
+    """(shift, width) of max_distance + 1 bands covering the 64 bits (pigeonhole)."""
+    count = max_distance + 1
+    widths = [HASH_BITS // count + (1 if i < HASH_BITS % count else 0) for i in range(count)]
+    shifts = np.cumsum([0, *widths[:-1]])
+    return [(int(s), int(w)) for s, w in zip(shifts, widths)]
+
+
+def _pairs_within(values: np.ndarray, max_distance: int, chunk: int = 1024):
+    """Pairs i < j of distinct hash rows within max_distance on every hash column."""
+    rows_i, rows_j = [], []
+    n = len(values)
+    for start in range(0, n, chunk):
+        block = values[start : start + chunk]
+        near = np.ones((len(block), n), dtype=bool)
+        for column in range(values.shape[1]):
+            near &= hamming(block[:, None, column], values[None, :, column]) <= max_distance
+        i, j = np.nonzero(near)
+        i += start
+        keep = i < j
+        rows_i.append(i[keep])
+        rows_j.append(j[keep])
+    if not rows_i:
+        return np.array([], np.int64), np.array([], np.int64)
+    return np.concatenate(rows_i), np.concatenate(rows_j)
