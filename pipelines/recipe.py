@@ -7,6 +7,8 @@ names the recipe key (``stages[2].clip_score.min_score: ...``), never a tracebac
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -53,7 +55,28 @@ def load_recipe(path: str | Path) -> tuple[Recipe, list[Stage]]:
         raise RecipeError(f"{path}: recipe file not found") from None
     except yaml.YAMLError as err:
         raise RecipeError(f"{path}: not valid YAML ({_one_line(str(err))})") from None
-    return parse_recipe(raw if raw is not None else {}, source=str(path))
+    return parse_recipe(expand_env(raw if raw is not None else {}, str(path)), source=str(path))
+
+
+def expand_env(value, where: str):
+    """Replace ``${NAME}`` in string values with the environment variable NAME
+    (e.g. a model path that only the caller knows); an unset name is an error."""
+    if isinstance(value, dict):
+        return {k: expand_env(v, f"{where}: {k}" if ":" not in where else f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_env(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, str):
+        def lookup(match: re.Match) -> str:
+            name = match.group(1)
+            if name not in os.environ:
+                raise RecipeError(f"{where}: environment variable {name} is not set")
+            return os.environ[name]
+
+        return _ENV.sub(lookup, value)
+    return value
+
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 def parse_recipe(raw: dict, source: str = "recipe") -> tuple[Recipe, list[Stage]]:
