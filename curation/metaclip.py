@@ -83,9 +83,12 @@ class MetaClipBalance(GlobalStage):
         (``cached_matcher``), not shipped with the stage."""
         kept = kept_mask(batch)
         if kept.any():
-            captions = pc.if_else(pa.array(kept), batch.column("caption"), pa.nulls(batch.num_rows, pa.string()))
+            captions = batch.column("caption")
+            if not kept.all():
+                captions = pc.if_else(pa.array(kept), captions, pa.nulls(batch.num_rows, pa.string()))
             entries = cached_matcher(self.config.metadata).match(captions)
-            entries = pc.if_else(pa.array(kept), entries, pa.nulls(batch.num_rows, entries.type))
+            if not kept.all():
+                entries = pc.if_else(pa.array(kept), entries, pa.nulls(batch.num_rows, entries.type))
             batch = set_column(batch, ENTRIES, entries)
             no_match = kept & (pc.list_value_length(entries).to_numpy(zero_copy_only=False) == 0)
             batch = reject_rows(batch, no_match, self.reason("no_match"))
