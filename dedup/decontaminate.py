@@ -42,7 +42,7 @@ class DecontaminateConfig(StageConfig):
     max_distance: int = Field(4, ge=0, le=32)
     min_cosine: float = Field(0.95, gt=0.0, le=1.0)
     caption_threshold: float | None = Field(None, gt=0.0, le=1.0)
-    """Jaccard of character 5-gram shingles; None: captions are not compared."""
+    """Jaccard of word shingles (as dedup_minhash); None: captions are not compared."""
     num_perm: int = Field(128, ge=8, le=1024)
 
 
@@ -125,7 +125,7 @@ class Decontaminate(Stage):
         for row in np.flatnonzero(todo):
             if captions[row] is None:
                 continue
-            shingle_set = shingles(captions[row], "char", 5)
+            shingle_set = shingles(captions[row], "word", 1)
             if not shingle_set:
                 continue
             sketch = self._template.copy()
@@ -144,7 +144,7 @@ class Decontaminate(Stage):
         self._caption_shingles = {}
         self._template = MinHash(num_perm=self.config.num_perm)
         for row, caption in enumerate(captions):
-            shingle_set = shingles(caption, "char", 5) if caption is not None else set()
+            shingle_set = shingles(caption, "word", 1) if caption is not None else set()
             if not shingle_set:
                 continue
             sketch = self._template.copy()

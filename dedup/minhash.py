@@ -12,7 +12,8 @@ Banding comes from datasketch's optimal (b, r) for a candidate threshold set bel
 the Jaccard threshold: with the default b=16, r=8 a pair at Jaccard 0.8 becomes a
 candidate with probability 0.95 (0.99 at 0.85), and exact verification removes the
 false positives the lower candidate threshold lets in. Defaults suit short alt-texts:
-character 5-grams of the lower-cased, whitespace-collapsed caption.
+word unigrams of the lower-cased caption, so one changed word in a caption of nine or
+more words stays at Jaccard >= 0.8 (character 5-grams put the same edit near 0.72).
 """
 
 from __future__ import annotations
@@ -29,14 +30,15 @@ from dedup import _groups
 from pipelines.stage import GlobalStage, StageConfig, ensure_columns, kept_mask, set_column
 
 _SPACES = re.compile(r"\s+")
+_WORDS = re.compile(r"\w+")
 
 
 class MinHashDedupConfig(StageConfig):
     threshold: float = Field(0.8, gt=0.0, le=1.0)
     """Jaccard similarity of shingle sets at or above which captions are duplicates."""
     num_perm: int = Field(128, ge=8, le=1024)
-    ngram: Literal["char", "word"] = "char"
-    ngram_size: int = Field(5, ge=1, le=64)
+    ngram: Literal["char", "word"] = "word"
+    ngram_size: int = Field(1, ge=1, le=64)
     seed: int = 1
     verify: Literal["jaccard", "none"] = "jaccard"
     """``jaccard``: keep only candidate pairs whose exact shingle Jaccard >= threshold;
@@ -132,16 +134,16 @@ class MinHashDedup(GlobalStage):
 
 
 def shingles(caption: str, ngram: str, size: int) -> set[str]:
-    """n-gram shingles of the lower-cased, whitespace-collapsed caption.
-
-    A text shorter than one n-gram is a single shingle (itself)."""
+    """n-gram shingles of the lower-cased caption: word n-grams (words are runs of
+    letters/digits) or character n-grams of the whitespace-collapsed text. A text
+    shorter than one n-gram is a single shingle (itself)."""
     text = _normalise(caption)
     if not text:
         return set()
     if ngram == "word":
-        words = text.split(" ")
+        words = _WORDS.findall(text)
         if len(words) <= size:
-            return {text}
+            return {" ".join(words)} if words else set()
         return {" ".join(words[i : i + size]) for i in range(len(words) - size + 1)}
     if len(text) <= size:
         return {text}
