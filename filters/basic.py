@@ -8,9 +8,12 @@ Its English-only rule is the ``language_filter`` stage here.
 
 Each rule rejects with its own reason, checked in this order (the first failing rule
 is recorded): ``empty_caption`` (null, empty or only whitespace), ``too_few_words``,
-``caption_too_short`` (characters counted after trimming outer whitespace), ``image_too_small``, ``aspect_ratio``. Image rules read the
-``width``/``height`` columns the download stage sets; a row whose size is unknown
-(null, e.g. when the filter runs on captions before download) is not judged on size.
+``caption_too_short`` (characters counted after trimming outer whitespace),
+``image_too_small``, ``aspect_ratio``. Like DataComp (``original_width``/``original_height``)
+the image rules judge the size as served, before the download stage resized it: they
+read ``original_width``/``original_height`` where download set them, else
+``width``/``height``. A row whose size is unknown (null, e.g. when the filter runs on
+captions before download) is not judged on size.
 """
 
 from __future__ import annotations
@@ -48,8 +51,8 @@ class BasicFilter(Stage):
         caption = pc.utf8_trim_whitespace(batch.column("caption"))
         chars = _filled(pc.utf8_length(caption), 0)
         words = np.where(chars > 0, _filled(pc.list_value_length(pc.utf8_split_whitespace(caption)), 0), 0)
-        width = _sizes(batch, "width")
-        height = _sizes(batch, "height")
+        width = _sizes(batch, "original_width", "width")
+        height = _sizes(batch, "original_height", "height")
         short = np.fmin(width, height)
         long = np.fmax(width, height)
         known = ~np.isnan(short)
@@ -72,9 +75,10 @@ def _filled(values: pa.ChunkedArray | pa.Array, fill: int) -> np.ndarray:
     return pc.fill_null(values, fill).to_numpy(zero_copy_only=False)
 
 
-def _sizes(batch: pa.Table, column: str) -> np.ndarray:
-    """A size column as float64 with NaN where unknown (null or column absent)."""
-    if column not in batch.column_names:
+def _sizes(batch: pa.Table, *columns: str) -> np.ndarray:
+    """The first known of ``columns`` per row as float64, NaN where none is known."""
+    present = [pc.cast(batch.column(c), pa.float64()) for c in columns if c in batch.column_names]
+    if not present:
         return np.full(batch.num_rows, np.nan)
-    values = pc.cast(batch.column(column), pa.float64())
+    values = pc.coalesce(*present) if len(present) > 1 else present[0]
     return pc.fill_null(values, float("nan")).to_numpy(zero_copy_only=False)

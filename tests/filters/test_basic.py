@@ -70,3 +70,19 @@ def test_batch_without_size_columns_is_judged_on_caption_only():
     out = BasicFilter()(table().drop_columns(["width", "height"]))
     got = dict(zip(out.column("uid").to_pylist(), out.column("reject").to_pylist()))
     assert got["small"] is None and got["wide"] is None and got["two_words"] == "basic_filter:too_few_words"
+
+
+def test_original_size_wins_over_the_resized_one():
+    """download resizes (e.g. to 128 px); DataComp judges the size as served."""
+    batch = pa.table(
+        {
+            "uid": ["big_resized", "small_served", "unknown_original"],
+            "caption": ["a red circle on white paper"] * 3,
+            "width": pa.array([128, 128, 640], pa.int32()),
+            "height": pa.array([128, 128, 480], pa.int32()),
+            "original_width": pa.array([800, 150, None], pa.int32()),
+            "original_height": pa.array([600, 150, None], pa.int32()),
+        }
+    )
+    out = BasicFilter()(batch)
+    assert out.column("reject").to_pylist() == [None, "basic_filter:image_too_small", None]

@@ -15,6 +15,8 @@ import pickle
 import numpy as np
 import open_clip
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pydantic
 import pytest
 import ray
@@ -132,13 +134,6 @@ def plain_open_clip_scores(path, table: pa.Table) -> np.ndarray:
     return (image * text).sum(dim=-1).numpy()
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
-    yield
-    ray.shutdown()
-
-
 def test_scores_equal_plain_open_clip(checkpoint):
     table, _ = pool(20)
     stage = ClipScore(model=str(checkpoint), batch_size=6, embeddings=True, decode_workers=2)
@@ -254,3 +249,34 @@ def test_config_is_validated():
     with pytest.raises(pydantic.ValidationError, match="batch_szie"):
         ClipScore(model="ViT-B-32", batch_szie=3)
     assert ClipScore(model="ViT-B-32").resources().concurrency == 1
+
+
+def test_through_the_runner_with_ray(checkpoint, ray_local, sample_web, tmp_path):
+    """download -> basic_filter -> clip_score(keep_top) on the local sample web, on Ray."""
+    from pipelines.recipe import parse_recipe
+    from pipelines.runner import RunOptions, run_pipeline
+
+    recipe, stages = parse_recipe(
+        {
+            "name": "clip-score-test",
+            "input": {"partition_size": 100},
+            "output": {"shard_rows": 500},
+            "stages": [
+                {"download": {"image_size": 64, "timeout": 5, "allow_private_networks": True}},
+                {"basic_filter": {"min_image_side": 32}},
+                {"clip_score": {"model": str(checkpoint), "keep_top": 0.5, "embeddings": True, "batch_size": 16}},
+            ],
+        }
+    )
+    pool_path = sample_web.write_pool(str(tmp_path / "pool.parquet"))
+    manifest = run_pipeline(recipe, stages, pool_path, str(tmp_path / "out"), RunOptions(progress=False))
+
+    clip = next(s for s in manifest["stages"] if s["type"] == "clip_score")
+    assert manifest["totals"]["input"] == manifest["totals"]["kept"] + manifest["totals"]["rejected"]
+    assert clip["kept"] == int(clip["in"] * 0.5) and set(clip["reasons"]) == {"clip_score:below_threshold"}
+    assert clip["summary"]["threshold"] is not None
+    shards = pq.read_table(tmp_path / "out" / "shards")
+    assert shards.schema.field("clip_score").type == pa.float32()
+    assert shards.schema.field("clip_image_emb").type == pa.list_(pa.float16(), 32)
+    assert pc.min(shards.column("clip_score")).as_py() >= clip["summary"]["threshold"]
+    assert (tmp_path / "out" / manifest["stats"]["clip_score.histogram"]).exists()
