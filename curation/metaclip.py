@@ -19,6 +19,7 @@ matches held by entries with count < t).
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -33,18 +34,29 @@ if TYPE_CHECKING:  # pragma: no cover
     import ray.data
 
 ENTRIES = "metaclip_entries"
+DEFAULT_LANG = "other"  # MetaCLIP 2's name for rows whose language has no list of its own
 
 
 class MetaClipConfig(StageConfig):
     """``metadata``: entry list (JSON list or one entry per line). ``t``: the per-entry
     cap (MetaCLIP: 20k for 400M pairs). ``tail_fraction``: derive t instead, so that
     entries with count < t hold this share of all matches (MetaCLIP 2 ``p_to_t``);
-    give one of the two. ``seed``: salt of the keep draws."""
+    give one of the two. ``seed``: salt of the keep draws.
+
+    Per-language (MetaCLIP 2): ``lang_metadata`` maps language codes (values of the
+    ``lang_column``) to their own entry lists; other rows use ``metadata``. ``t`` then
+    holds for language ``t_lang`` (or ``metadata`` if ``t_lang`` has no list) and each
+    other list gets the t with the same tail fraction (``t_to_p`` then ``p_to_t``);
+    with ``tail_fraction`` every list gets ``p_to_t`` of it directly.
+    """
 
     metadata: str
     t: int | None = Field(default=20_000, ge=1)
     tail_fraction: float | None = Field(default=None, gt=0.0, lt=1.0)
     seed: int = 0
+    lang_metadata: dict[str, str] = Field(default_factory=dict)
+    lang_column: str = "lang"
+    t_lang: str = "en"
 
     @model_validator(mode="after")
     def _one_threshold(self):
@@ -52,7 +64,41 @@ class MetaClipConfig(StageConfig):
             raise ValueError("give either t or tail_fraction, not both")
         if self.tail_fraction is None and self.t is None:
             raise ValueError("give t or tail_fraction")
+        if DEFAULT_LANG in self.lang_metadata:
+            raise ValueError(f"lang_metadata: '{DEFAULT_LANG}' is the name of the default list (metadata)")
         return self
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where each entry list sits in one global id space: list 0 is ``metadata``,
+    then ``lang_metadata`` by sorted language code. Entry ids in ``metaclip_entries``
+    are local to the row's list; counts and probabilities use global ids."""
+
+    langs: tuple[str, ...]  # languages with their own list, in list order 1..
+    column: str
+    offsets: tuple[int, ...]  # first global id of each list, plus the total
+
+    def list_index(self, batch: pa.Table) -> np.ndarray:
+        """Which entry list each row uses (0: the default list)."""
+        if not self.langs:
+            return np.zeros(batch.num_rows, dtype=np.int64)
+        if self.column not in batch.column_names:
+            raise ValueError(f"lang_metadata is set but the batch has no '{self.column}' column "
+                             "(run a language stage first or set lang_column)")
+        index = pc.index_in(batch.column(self.column), value_set=pa.array(self.langs, pa.string()))
+        return pc.fill_null(pc.add(index, 1), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+
+    def global_lists(self, batch: pa.Table) -> pa.ListArray:
+        lists = batch.column(ENTRIES)
+        lists = lists.combine_chunks() if isinstance(lists, pa.ChunkedArray) else lists
+        if not self.langs:
+            return lists
+        lengths = pc.fill_null(pc.list_value_length(lists), 0).to_numpy(zero_copy_only=False)
+        shift = np.repeat(np.asarray(self.offsets[:-1], dtype=np.int64)[self.list_index(batch)], lengths)
+        values = pc.list_flatten(lists).to_numpy(zero_copy_only=False).astype(np.int64) + shift
+        offsets = pc.subtract(lists.offsets, lists.offsets[0])
+        return pa.ListArray.from_arrays(offsets, pa.array(values, pa.int64()), mask=lists.is_null())
 
 
 class MetaClipBalance(GlobalStage):
@@ -68,8 +114,12 @@ class MetaClipBalance(GlobalStage):
 
     def __init__(self, config: MetaClipConfig | None = None, **params):
         super().__init__(config, **params)
+        langs = tuple(sorted(self.config.lang_metadata))
+        self._paths = (self.config.metadata, *(self.config.lang_metadata[lang] for lang in langs))
+        self._langs = langs
+        self._layout: _Layout | None = None
         self._probs: np.ndarray | None = None
-        self._t: int | None = None
+        self._t: tuple[int, ...] | None = None
         self._count_before: np.ndarray | None = None
         self._count_after: np.ndarray | None = None
 
@@ -79,43 +129,62 @@ class MetaClipBalance(GlobalStage):
     # ---------------------------------------------------------------- matching
 
     def prepare(self, batch: pa.Table) -> pa.Table:
-        """Match every kept caption; the automaton is built on first use per process
-        (``cached_matcher``), not shipped with the stage."""
+        """Match every kept caption against its list; automata are built on first use
+        per process (``cached_matcher``), never shipped with the stage."""
         kept = kept_mask(batch)
         if kept.any():
-            captions = batch.column("caption")
-            if not kept.all():
-                captions = pc.if_else(pa.array(kept), captions, pa.nulls(batch.num_rows, pa.string()))
-            entries = cached_matcher(self.config.metadata).match(captions)
-            if not kept.all():
-                entries = pc.if_else(pa.array(kept), entries, pa.nulls(batch.num_rows, entries.type))
+            entries = self._match(batch, kept)
             batch = set_column(batch, ENTRIES, entries)
-            no_match = kept & (pc.list_value_length(entries).to_numpy(zero_copy_only=False) == 0)
+            no_match = kept & (pc.fill_null(pc.list_value_length(entries), 0).to_numpy(zero_copy_only=False) == 0)
             batch = reject_rows(batch, no_match, self.reason("no_match"))
         return ensure_columns(batch, self.adds)
+
+    def _match(self, batch: pa.Table, kept: np.ndarray) -> pa.Array:
+        captions = batch.column("caption")
+        lists = _Layout(self._langs, self.config.lang_column, ()).list_index(batch)
+        if kept.all() and not lists.any():
+            return cached_matcher(self._paths[0]).match(captions)
+        pieces, order = [], []
+        for index in np.unique(lists[kept]).tolist():
+            rows = np.flatnonzero(kept & (lists == index))
+            pieces.append(cached_matcher(self._paths[index]).match(captions.take(pa.array(rows))))
+            order.append(rows)
+        skipped = np.flatnonzero(~kept)
+        pieces.append(pa.nulls(len(skipped), pa.list_(pa.int32())))
+        order.append(skipped)
+        return pa.concat_arrays(pieces).take(pa.array(np.argsort(np.concatenate(order), kind="stable")))
 
     # ---------------------------------------------------------------- counting
 
     def fit(self, ds: "ray.data.Dataset") -> None:
         """Global entry counts from per-block partial counts (only entry ids and counts
-        travel to the driver, never captions), then t, the keep probabilities, and the
-        counts after balancing (a second pass over the entry lists)."""
-        n_entries = len(load_entries(self.config.metadata))
-        lists = ds.select_columns(["uid", ENTRIES])
+        travel to the driver, never captions), then t per list, the keep
+        probabilities, and the counts after balancing (a second pass over the lists)."""
+        sizes = [len(load_entries(path)) for path in self._paths]
+        layout = _Layout(self._langs, self.config.lang_column, tuple(np.cumsum([0, *sizes]).tolist()))
+        columns = ["uid", ENTRIES] + ([self.config.lang_column] if self._langs else [])
+        lists = ds.select_columns(columns)
+        seed = self.config.seed
         count_before, matched = _sum_partials(lists.map_batches(
-            _partial_counts, fn_kwargs={"probs": None, "seed": self.config.seed},
-            batch_format="pyarrow", batch_size=None), n_entries)
-        if self.config.tail_fraction is not None:
-            t = p_to_t(count_before, self.config.tail_fraction)
-        else:
-            t = int(self.config.t)
-        self._t = t
-        self._probs = entry_probs(count_before, t)
+            _partial_counts, fn_kwargs={"layout": layout, "probs": None, "seed": seed},
+            batch_format="pyarrow", batch_size=None), layout.offsets[-1])
+        per_list = [count_before[a:b] for a, b in zip(layout.offsets[:-1], layout.offsets[1:])]
+        self._t = self._thresholds(per_list)
+        self._probs = np.concatenate([entry_probs(c, t) for c, t in zip(per_list, self._t)])
         count_after, kept = _sum_partials(lists.map_batches(
-            _partial_counts, fn_kwargs={"probs": self._probs, "seed": self.config.seed},
-            batch_format="pyarrow", batch_size=None), n_entries)
+            _partial_counts, fn_kwargs={"layout": layout, "probs": self._probs, "seed": seed},
+            batch_format="pyarrow", batch_size=None), layout.offsets[-1])
+        self._layout = layout
         self._count_before, self._count_after = count_before, count_after
         self._matched, self._kept = matched, kept
+
+    def _thresholds(self, per_list: list[np.ndarray]) -> tuple[int, ...]:
+        """t per entry list: given, or from a tail fraction (MetaCLIP 2 ``global_count``)."""
+        if self.config.tail_fraction is not None:
+            return tuple(p_to_t(counts, self.config.tail_fraction) for counts in per_list)
+        main = self._langs.index(self.config.t_lang) + 1 if self.config.t_lang in self._langs else 0
+        p = t_to_p(per_list[main], self.config.t)
+        return tuple(int(self.config.t) if i == main else p_to_t(counts, p) for i, counts in enumerate(per_list))
 
     # ---------------------------------------------------------------- balancing
 
@@ -125,41 +194,52 @@ class MetaClipBalance(GlobalStage):
         if ENTRIES not in batch.column_names:
             raise ValueError(f"stage {self.label}: batch has no {ENTRIES} column; run prepare(batch) first")
         kept = kept_mask(batch)
-        lists = batch.column(ENTRIES)
-        empty = pc.fill_null(pc.list_value_length(lists), 0).to_numpy(zero_copy_only=False) == 0
+        empty = pc.fill_null(pc.list_value_length(batch.column(ENTRIES)), 0).to_numpy(zero_copy_only=False) == 0
         batch = reject_rows(batch, kept & empty, self.reason("no_match"))
         todo = kept & ~empty
         keep = np.zeros(batch.num_rows, dtype=bool)
         if todo.any():
-            rows = batch.select(["uid", ENTRIES]).filter(pa.array(todo))
-            keep[todo] = keep_mask(rows.column("uid"), rows.column(ENTRIES), self._probs, self.config.seed)
+            rows = batch.filter(pa.array(todo))
+            keep[todo] = keep_mask(rows.column("uid"), self._layout.global_lists(rows), self._probs, self.config.seed)
         return reject_rows(batch, todo & ~keep, self.reason("balanced_out"))
 
     # ---------------------------------------------------------------- reporting
 
     def stats(self) -> dict[str, pa.Table]:
+        """``entry_counts``: (entry_id, entry, count_before, count_after) per entry, plus
+        ``lang`` (the list's language) when per-language lists are used."""
         if self._count_before is None:
             return {}
-        entries = load_entries(self.config.metadata)
-        return {"entry_counts": pa.table({
-            "entry_id": pa.array(np.arange(len(entries), dtype=np.int32)),
-            "entry": pa.array(entries, pa.string()),
+        entries = [load_entries(path) for path in self._paths]
+        columns = {
+            "entry_id": pa.array(np.concatenate([np.arange(len(e), dtype=np.int32) for e in entries])),
+            "entry": pa.array([entry for e in entries for entry in e], pa.string()),
             "count_before": pa.array(self._count_before, pa.int64()),
             "count_after": pa.array(self._count_after, pa.int64()),
-        })}
+        }
+        if self._langs:
+            columns["lang"] = pa.array([lang for lang, e in zip((DEFAULT_LANG, *self._langs), entries)
+                                        for _ in e], pa.string())
+        return {"entry_counts": pa.table(columns)}
 
     def summary(self) -> dict:
         if self._count_before is None:
             return {}
-        return {
-            "t": int(self._t),
-            "tail_fraction": t_to_p(self._count_before, self._t),
-            "entries": int(len(self._count_before)),
+        offsets = self._layout.offsets
+        main = self._langs.index(self.config.t_lang) + 1 if self.config.t_lang in self._langs else 0
+        before = self._count_before[offsets[main]:offsets[main + 1]]
+        facts = {
+            "t": int(self._t[main]),
+            "tail_fraction": t_to_p(before, self._t[main]),
+            "entries": int(offsets[-1]),
             "entries_matched": int((self._count_before > 0).sum()),
             "matched": int(self._matched),
             "kept": int(self._kept),
             "seed": int(self.config.seed),
         }
+        if self._langs:
+            facts["t_by_lang"] = {lang: int(t) for lang, t in zip((DEFAULT_LANG, *self._langs), self._t)}
+        return facts
 
 
 # ------------------------------------------------------------------ the rule
@@ -226,15 +306,15 @@ def entry_draws(uids, rows: np.ndarray, entry_ids: np.ndarray, seed: int) -> np.
 # ------------------------------------------------------------------ distributed counts
 
 
-def _partial_counts(batch: pa.Table, probs: np.ndarray | None, seed: int) -> pa.Table:
-    """One block's entry counts (of all its rows, or with ``probs``, of the rows the
-    balancing keeps), as sparse (entry_id, count); entry_id -1 carries the row count."""
-    lists = batch.column(ENTRIES)
+def _partial_counts(batch: pa.Table, layout: _Layout, probs: np.ndarray | None, seed: int) -> pa.Table:
+    """One block's entry counts in global ids (of all its rows, or with ``probs``, of
+    the rows the balancing keeps), sparse (entry_id, count); entry_id -1 carries the
+    number of rows counted."""
+    lists = layout.global_lists(batch)
     if probs is not None:
-        batch = batch.filter(pa.array(keep_mask(batch.column("uid"), lists, probs, seed)))
-        lists = batch.column(ENTRIES)
+        lists = lists.filter(pa.array(keep_mask(batch.column("uid"), lists, probs, seed)))
     rows = int(pc.sum(pc.greater(pc.fill_null(pc.list_value_length(lists), 0), 0)).as_py() or 0)
-    values = pc.list_flatten(lists).to_numpy(zero_copy_only=False) if len(lists) else np.zeros(0, np.int32)
+    values = pc.list_flatten(lists).to_numpy(zero_copy_only=False)
     ids, counts = np.unique(values, return_counts=True)
     return pa.table({
         "entry_id": pa.array(np.append(ids.astype(np.int64), -1)),
@@ -245,6 +325,5 @@ def _partial_counts(batch: pa.Table, probs: np.ndarray | None, seed: int) -> pa.
 def _sum_partials(partials: "ray.data.Dataset", n_entries: int) -> tuple[np.ndarray, int]:
     totals = np.zeros(n_entries + 1, dtype=np.int64)  # last slot: rows (entry_id -1)
     for part in partials.iter_batches(batch_format="pyarrow", batch_size=None):
-        ids = part.column("entry_id").to_numpy()
-        np.add.at(totals, ids, part.column("count").to_numpy())
+        np.add.at(totals, part.column("entry_id").to_numpy(), part.column("count").to_numpy())
     return totals[:-1], int(totals[-1])

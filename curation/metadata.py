@@ -162,26 +162,25 @@ def _list_array(offsets: np.ndarray, values: np.ndarray) -> pa.ListArray:
     return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(values, pa.int32()))
 
 
-_MATCHERS: dict[tuple, EntryMatcher] = {}
+_MATCHERS: dict[str, tuple[tuple, EntryMatcher]] = {}
 
 
 def cached_matcher(path: str | os.PathLike) -> EntryMatcher:
-    """The matcher for an entry file, built once per process and reused.
+    """The matcher for an entry file, built on first use in this process and reused.
 
-    Keyed by the file's real path, size and mtime, so an edited file is re-read.
-    Only the latest file's matcher is kept (a 500k-entry automaton is large).
+    One matcher per file (per-language lists each have theirs), rebuilt when the
+    file's size or mtime changes.
     """
     real = os.path.realpath(path)
     try:
         info = os.stat(real)
     except OSError as err:
         raise InputError(f"cannot read metadata file {path}: {err.strerror}") from None
-    key = (real, info.st_size, info.st_mtime_ns)
-    matcher = _MATCHERS.get(key)
-    if matcher is None:
-        _MATCHERS.clear()
-        matcher = _MATCHERS[key] = EntryMatcher(load_entries(real))
-    return matcher
+    version = (info.st_size, info.st_mtime_ns)
+    cached = _MATCHERS.get(real)
+    if cached is None or cached[0] != version:
+        _MATCHERS[real] = cached = (version, EntryMatcher(load_entries(real)))
+    return cached[1]
 
 
 # ------------------------------------------------------------------------ building

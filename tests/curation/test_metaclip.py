@@ -238,3 +238,66 @@ def test_fitted_stage_pickles_small_and_needs_fit(metadata_file, pool, ray_sessi
     assert len(blob) < 200_000  # entry probabilities, not the automaton
     clone = pickle.loads(blob)
     assert clone(pool.slice(0, 5000)).equals(stage(pool.slice(0, 5000)))
+
+
+# ------------------------------------------------------------------ per-language lists (MetaCLIP 2)
+
+
+def test_per_language_lists_and_thresholds(ray_session, tmp_path):
+    paths = {}
+    for name, entries in {"other": ["dog", "chien", "gato"], "en": ["dog", "cat", "red"],
+                          "de": ["Hund", "Katze", "dog", "rot"]}.items():
+        paths[name] = str(tmp_path / f"{name}.json")
+        (tmp_path / f"{name}.json").write_text(json.dumps(entries))
+    config = dict(metadata=paths["other"], lang_metadata={"en": paths["en"], "de": paths["de"]}, t=200)
+    small = pa.table({
+        "uid": ["a", "b", "c", "d", "e", "f"],
+        "caption": ["a red dog", "ein Hund, dog", "un chien dog", "Hund", "gato", "red cat"],
+        "lang": ["en", "de", "fr", "en", None, "en"],
+        "reject": [None, None, None, None, None, "basic_filter:x"],
+    })
+    out = MetaClipBalance(**config).prepare(small)
+    assert out.column("metaclip_entries").to_pylist() == [[0, 2], [0, 2], [0, 1], [], [2], None]
+    assert out.column("reject").to_pylist()[3:] == ["metaclip:no_match", None, "basic_filter:x"]
+
+    # a pool: 20k English rows (heavy head "dog"), 8k German, 4k other
+    rng = np.random.default_rng(1)
+    words = {"en": (["dog", "cat", "red"], [0.8, 0.15, 0.05]), "de": (["Hund", "Katze", "dog", "rot"], [0.5, 0.3, 0.1, 0.1]),
+             "xx": (["dog", "chien", "gato"], [0.6, 0.3, 0.1])}
+    rows = []
+    for lang, n in (("en", 20_000), ("de", 8_000), ("xx", 4_000)):
+        vocab, weights = words[lang]
+        for i, word in enumerate(rng.choice(vocab, size=n, p=weights)):
+            rows.append((f"{lang}-{i}", f"photo: {word}", lang))
+    uids, captions, langs = zip(*rows)
+    pool = pa.table({"uid": list(uids), "caption": list(captions), "lang": list(langs),
+                     "reject": pa.nulls(len(rows), pa.string())})
+    stage = MetaClipBalance(**config)
+    prepared = stage.prepare(pool)
+    stage.fit(ray.data.from_arrow(prepared).repartition(4))
+    out = stage(prepared)
+
+    table = stage.stats()["entry_counts"]
+    got = {(r["lang"], r["entry"]): r["count_before"] for r in table.to_pylist()}
+    for lang, label in (("en", "en"), ("de", "de"), ("xx", "other")):
+        vocab, _ = words[lang]
+        for word in vocab:
+            assert got[(label, word)] == sum(1 for c, l in zip(captions, langs) if l == lang and c.endswith(f" {word}"))
+
+    counts = {lang: table.filter(pc.equal(table.column("lang"), lang)).column("count_before").to_numpy()
+              for lang in ("other", "en", "de")}
+    p = t_to_p(counts["en"], 200)
+    summary = stage.summary()
+    assert summary["t"] == 200 and summary["tail_fraction"] == pytest.approx(p)
+    assert summary["t_by_lang"] == {"other": p_to_t(counts["other"], p), "en": 200, "de": p_to_t(counts["de"], p)}
+    assert summary["entries"] == 10 and summary["matched"] == len(rows)
+
+    # each list balanced with its own t: kept per entry ~ min(count, t_lang)
+    keep = pc.is_null(out.column("reject")).to_numpy(zero_copy_only=False)
+    for lang, label in (("en", "en"), ("de", "de"), ("xx", "other")):
+        t = summary["t_by_lang"][label]
+        for word in words[lang][0]:
+            mask = np.array([l == lang and c.endswith(f" {word}") for c, l in zip(captions, langs)])
+            n = int(mask.sum())
+            assert abs(int(keep[mask].sum()) - min(n, t)) <= 4 * math.sqrt(t) + 1
+    assert table.column("count_after").to_numpy().sum() == int(keep.sum())
