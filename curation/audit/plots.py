@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 KEPT = "#2a9d8f"
 REJECTED = "#e76f51"
@@ -148,7 +148,7 @@ def dedup_groups(stats: dict, path: Path) -> Path | None:
     for i, (stage, entry) in enumerate(kinds.items()):
         sizes = sorted((int(s), n) for s, n in entry["group_sizes"].items())
         ax.plot([s for s, _ in sizes], [n for _, n in sizes], marker=markers[i % len(markers)],
-                linestyle="-", linewidth=0.8, markersize=4, color=STAGE_COLORS[i % len(STAGE_COLORS)],
+                linestyle="none", markersize=5, alpha=0.85, color=STAGE_COLORS[i % len(STAGE_COLORS)],
                 label=f"{stage}: {entry['groups']:,} groups, {entry['duplicates']:,} removed")
     sizes = [int(s) for e in kinds.values() for s in e["group_sizes"]]
     groups = [n for e in kinds.values() for n in e["group_sizes"].values()]
@@ -156,6 +156,12 @@ def dedup_groups(stats: dict, path: Path) -> Path | None:
         ax.set_xscale("log")
     if max(groups) > 10:
         ax.set_yscale("log")
+    else:
+        ax.set_ylim(0, max(groups) + 1)
+    for axis in (ax.xaxis, ax.yaxis):
+        if axis.get_scale() == "linear":
+            axis.set_major_locator(MaxNLocator(integer=True))
+        axis.set_major_formatter(FuncFormatter(_si))
     ax.set_xlabel("group size (kept row + its duplicates)")
     ax.set_ylabel("groups")
     ax.legend(fontsize=8, frameon=False)

@@ -177,11 +177,12 @@ def _funnel(run: RunView, report: Path) -> str:
     rows = []
     for st in s["stages"]:
         reasons = "<br>".join(f"{_e(r)}: {n:,}" for r, n in sorted(st["reasons"].items(), key=lambda kv: -kv[1]))
-        summary = _e(json.dumps(st["summary"])) if st["summary"] else ""
-        rows.append([_e(st["name"]), _e(str(st["type"])), f"{st['in']:,}", f"{st['kept']:,}",
-                     f"{st['rejected']:,}", _pct(st["rejected"] / st["in"] if st["in"] else None),
-                     reasons, f"<code>{summary}</code>" if summary else ""])
-    table = _table(["stage", "type", "in", "kept", "rejected", "rejected %", "reasons", "summary"], rows)
+        summary = "<br>".join(f"{_e(k)} = {_e(json.dumps(v))}" for k, v in st["summary"].items())
+        share = _pct(st["rejected"] / st["in"] if st["in"] else None)
+        rows.append([f'{_e(st["name"])}<br><small>{_e(str(st["type"]))}</small>', f"{st['in']:,}",
+                     f"{st['kept']:,}", f"{st['rejected']:,}<br><small>{share}</small>", reasons,
+                     f"<small>{summary}</small>"])
+    table = _table(["stage", "in", "kept", "rejected", "reasons", "summary"], rows)
     return _img(run, "funnel", report, "funnel") + _img(run, "reasons", report, "rejections by reason") + table
 
 
@@ -297,7 +298,7 @@ def _comparison(runs: list[RunView], cmp: dict) -> str:
     def add(label, va, vb, fmt=lambda v: f"{v:,}" if isinstance(v, int) else str(v)):
         delta = ""
         if isinstance(va, (int, float)) and isinstance(vb, (int, float)):
-            delta = f"{vb - va:+,}" if isinstance(va, int) and isinstance(vb, int) else f"{vb - va:+.3f}"
+            delta = f"{vb - va:+,}" if isinstance(va, int) and isinstance(vb, int) else f"{vb - va:+.3g}"
         rows.append([_e(label), fmt(va) if va is not None else "—", fmt(vb) if vb is not None else "—", delta])
 
     add("input rows", a["totals"]["input"], b["totals"]["input"])
@@ -349,7 +350,7 @@ def _table(columns: list[str], rows: list[list[str]], *, header: bool = True) ->
     """Cells are already-escaped HTML."""
     head = "<tr>" + "".join(f"<th>{c}</th>" for c in columns) + "</tr>" if header else ""
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table>{head}{body}</table>"
+    return f'<div class="tablewrap"><table>{head}{body}</table></div>'
 
 
 def _absent(text: str) -> str:
@@ -394,6 +395,8 @@ h4{font-size:.92rem;margin:.9rem 0 .4rem}
 .cols{display:grid;grid-template-columns:repeat(auto-fit,minmax(560px,1fr));gap:1.2rem}
 .col{min-width:0}
 img.plot{display:inline-block;vertical-align:top;max-width:100%;height:auto;margin:.4rem .6rem .4rem 0}
+.tablewrap{overflow-x:auto;max-width:100%}
+td small{color:var(--mute)}
 table{border-collapse:collapse;font-size:.82rem;margin:.5rem 0;max-width:100%}
 th,td{border-bottom:1px solid var(--line);padding:.2rem .55rem;text-align:left;vertical-align:top}
 th{background:var(--bg)}

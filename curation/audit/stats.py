@@ -261,9 +261,11 @@ def _quantities(run: Run) -> dict[str, dict]:
         .clip(-3.0, 3.0),
         label="aspect ratio width:height (log2)", clip_q=None, integer=False, stage_column=False,
         filter=(pl.col("width") > 0) & (pl.col("height") > 0))
+    types = {**run.reject_schema, **run.kept_schema}
     for column in _extra_numeric(run):
+        integer = types[column].is_integer() or types[column] == pl.Boolean
         specs[column] = dict(expr=pl.col(column).cast(pl.Float64), label=column, clip_q=0.995,
-                             integer=False, stage_column=True)
+                             integer=integer, stage_column=True)
     for spec in specs.values():
         expr = spec["expr"]
         if "filter" in spec:
