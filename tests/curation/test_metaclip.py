@@ -301,3 +301,40 @@ def test_per_language_lists_and_thresholds(ray_session, tmp_path):
             n = int(mask.sum())
             assert abs(int(keep[mask].sum()) - min(n, t)) <= 4 * math.sqrt(t) + 1
     assert table.column("count_after").to_numpy().sum() == int(keep.sum())
+
+
+# ------------------------------------------------------------------ through the runner
+
+
+def test_run_pipeline_writes_balanced_shards_and_entry_counts(ray_session, tmp_path, metadata_file, pool):
+    """Through the engine on Ray: the stage ships to workers, matches there, fits once."""
+    import pyarrow.parquet as pq
+
+    from pipelines.recipe import parse_recipe
+    from pipelines.runner import RunOptions, run_pipeline
+
+    captions = pool.column("caption").to_pylist()[:6000]
+    source = tmp_path / "input.parquet"
+    pq.write_table(pa.table({"url": [f"http://x/{i}.jpg" for i in range(6000)], "caption": captions}), source)
+    recipe, stages = parse_recipe({"name": "metaclip-test", "input": {"partition_size": 1500},
+                                   "stages": [{"metaclip": {"metadata": metadata_file, "t": 40, "seed": 3}}]})
+    manifest = run_pipeline(recipe, stages, [str(source)], str(tmp_path / "out"),
+                            RunOptions(progress=False, num_cpus=2))
+
+    (entry,) = [s for s in manifest["stages"] if s["type"] == "metaclip"]
+    kept = pq.read_table(tmp_path / "out" / "shards").column("uid").to_pylist()
+    assert manifest["totals"]["input"] == 6000 == entry["in"]
+    assert entry["kept"] == len(kept) == entry["summary"]["kept"]
+    assert entry["reasons"]["metaclip:no_match"] == 120
+    assert entry["reasons"]["metaclip:balanced_out"] == 6000 - 120 - len(kept)
+    assert entry["summary"]["t"] == 40 and entry["summary"]["matched"] == 5880
+    counts = pq.read_table(tmp_path / "out" / manifest["stats"]["metaclip.entry_counts"])
+    assert counts.column("count_after").to_numpy().max() > 0
+    # the same kept set as the stage run directly on the same uids
+    table = pq.read_table(tmp_path / "out" / "shards", columns=["uid", "caption", "metaclip_entries"])
+    stage = MetaClipBalance(metadata=metadata_file, t=40, seed=3)
+    rejected = pq.read_table(tmp_path / "out" / "rejects", columns=["uid", "caption"])
+    everything = pa.concat_tables([table.select(["uid", "caption"]), rejected])
+    everything = stage.prepare(everything.append_column("reject", pa.nulls(6000, pa.string())))
+    stage.fit(ray.data.from_arrow(kept_rows(everything)))
+    assert sorted(kept_rows(stage(everything)).column("uid").to_pylist()) == sorted(kept)
