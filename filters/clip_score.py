@@ -26,7 +26,8 @@ without image bytes as ``clip_score:missing_image``.
 Throughput: one actor per GPU (or CPU actors) holds the model; inside it a thread
 pool decodes, preprocesses (open_clip's own transform) and tokenizes the rows of the
 next forward pass while the model runs the current one (PIL and torch release the GIL
-for the heavy parts). Inference is batched, under fp16/bf16 autocast on GPU.
+for the heavy parts). Inference is batched, under fp16/bf16 autocast on GPU, where the
+threads stop at uint8 pixels and ToTensor + Normalize run on the device.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import contextlib
 import io
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -43,6 +44,7 @@ import pyarrow.compute as pc
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torchvision.transforms import Compose, Normalize, PILToTensor, ToTensor
 from pydantic import Field
 
 from filters.clip_model import ClipModel, load_clip, model_config
@@ -123,7 +125,12 @@ class ClipScore(GlobalStage):
         precision = cfg.precision if cfg.precision != "auto" else ("fp16" if device.type == "cuda" else "fp32")
         clip = load_clip(cfg.model, cfg.pretrained, device=device)
         workers = cfg.decode_workers or max(1, int(cfg.num_cpus))
-        self._runtime = _Runtime(clip, device, precision, ThreadPoolExecutor(workers, thread_name_prefix="clip-decode"))
+        transform, normalize = clip.preprocess, None
+        if device.type == "cuda":
+            transform, normalize = _split_transform(clip.preprocess, device)
+        self._runtime = _Runtime(
+            clip, device, precision, ThreadPoolExecutor(workers, thread_name_prefix="clip-decode"), transform, normalize
+        )
 
     def prepare(self, batch: pa.Table) -> pa.Table:
         """Global mode, pass 1: score every batch (streaming), no threshold yet."""
@@ -249,13 +256,15 @@ class _Runtime:
     device: torch.device
     precision: str
     pool: ThreadPoolExecutor
+    transform: Callable  # the image transform run in the decode threads
+    normalize: tuple[torch.Tensor, torch.Tensor] | None  # (mean, std) applied on the device, if split
 
     def encode(self, images: list[bytes], captions: list[str], batch_size: int, embeddings: bool) -> _Encoded:
         """Decode + tokenize in the pool, in order, while the model runs earlier chunks."""
         chunks: list[tuple[Future, list[Future]]] = []
         for start in range(0, len(images), batch_size):
             tokens = self.pool.submit(self.clip.tokenizer, captions[start : start + batch_size])
-            pixels = [self.pool.submit(_decode, self.clip.preprocess, data) for data in images[start : start + batch_size]]
+            pixels = [self.pool.submit(_decode, self.transform, data) for data in images[start : start + batch_size]]
             chunks.append((tokens, pixels))
 
         decoded, scores, image_emb, text_emb = [], [], [], []
@@ -287,7 +296,11 @@ class _Runtime:
         """Normalised fp32 image and text embeddings for one chunk."""
         model = self.clip.model
         with torch.inference_mode(), self._autocast():
-            image = model.encode_image(pixels.to(self.device, non_blocking=True))
+            pixels = pixels.to(self.device, non_blocking=True)
+            if self.normalize is not None:  # uint8 crossed the bus; ToTensor + Normalize here
+                mean, std = self.normalize
+                pixels = (pixels.float() / 255.0 - mean) / std
+            image = model.encode_image(pixels)
             text = model.encode_text(tokens.to(self.device, non_blocking=True))
         return F.normalize(image.float(), dim=-1), F.normalize(text.float(), dim=-1)
 
@@ -305,6 +318,18 @@ def _decode(preprocess, data: bytes) -> torch.Tensor | None:
             return preprocess(image)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         return None
+
+
+def _split_transform(preprocess, device: torch.device):
+    """On GPU, end the CPU transform at uint8 pixels and do ToTensor + Normalize on the
+    device: 4x fewer bytes to copy and less work in the decode threads. Falls back to
+    the whole transform when it does not end with ToTensor, Normalize."""
+    steps = list(getattr(preprocess, "transforms", []))
+    if len(steps) < 2 or not isinstance(steps[-2], ToTensor) or not isinstance(steps[-1], Normalize):
+        return preprocess, None
+    mean = torch.tensor(steps[-1].mean, dtype=torch.float32, device=device).view(-1, 1, 1)
+    std = torch.tensor(steps[-1].std, dtype=torch.float32, device=device).view(-1, 1, 1)
+    return Compose([*steps[:-2], PILToTensor()]), (mean, std)
 
 
 def _device(name: str) -> torch.device:

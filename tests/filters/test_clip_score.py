@@ -280,3 +280,15 @@ def test_through_the_runner_with_ray(checkpoint, ray_local, sample_web, tmp_path
     assert shards.schema.field("clip_image_emb").type == pa.list_(pa.float16(), 32)
     assert pc.min(shards.column("clip_score")).as_py() >= clip["summary"]["threshold"]
     assert (tmp_path / "out" / manifest["stats"]["clip_score.histogram"]).exists()
+
+
+def test_gpu_split_transform_matches_open_clip_preprocess(checkpoint):
+    """On GPU the decode threads stop at uint8 and normalise on the device: same pixels."""
+    from filters.clip_score import _split_transform
+
+    preprocess = load_clip(str(checkpoint)).preprocess
+    cpu_part, (mean, std) = _split_transform(preprocess, torch.device("cpu"))
+    image = Image.open(io.BytesIO(jpeg(draw("blue", "circle", seed=3, size=80))))
+    pixels = cpu_part(image)
+    assert pixels.dtype == torch.uint8
+    torch.testing.assert_close((pixels.float() / 255.0 - mean) / std, preprocess(image), atol=1e-6, rtol=0)
