@@ -13,7 +13,8 @@ the probability above. Draws are ``hash(uid, entry_id, seed)`` (blake2b of the u
 seed, mixed with the entry id), not a stateful RNG, so the kept set does not depend
 on partitioning or cluster size. ``t`` may instead be derived from a target tail
 fraction with MetaCLIP 2's ``p_to_t`` (the inverse of ``t_to_p``: the share of
-matches held by entries with count < t).
+matches held by entries with count < t). Optionally, as in MetaCLIP 2, each language
+(a ``lang`` column) has its own entry list and its own t at the same tail fraction.
 """
 
 from __future__ import annotations
@@ -199,7 +200,8 @@ class MetaClipBalance(GlobalStage):
         todo = kept & ~empty
         keep = np.zeros(batch.num_rows, dtype=bool)
         if todo.any():
-            rows = batch.filter(pa.array(todo))
+            needed = ["uid", ENTRIES] + ([self.config.lang_column] if self._langs else [])
+            rows = batch.select(needed).filter(pa.array(todo))
             keep[todo] = keep_mask(rows.column("uid"), self._layout.global_lists(rows), self._probs, self.config.seed)
         return reject_rows(batch, todo & ~keep, self.reason("balanced_out"))
 
