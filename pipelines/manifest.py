@@ -11,13 +11,12 @@ import datetime as _dt
 import hashlib
 import importlib.metadata
 import json
-import os
+import posixpath
 from collections import Counter
-
-import pyarrow.parquet as pq
 
 from pipelines.recipe import Recipe
 from pipelines.stage import REJECT, Stage
+from pipelines.storage import Storage
 
 PACKAGES = ("clipcurate", "ray", "pyarrow", "polars", "img2dataset", "datasketch", "torch", "open_clip_torch",
             "pyahocorasick")
@@ -28,7 +27,7 @@ def reason_key(reject: str) -> str:
     return reject.split("=", 1)[0]
 
 
-def build_manifest(*, output: str, recipe: Recipe, stages: list[Stage], index: dict, stats_files: dict,
+def build_manifest(*, output: Storage, recipe: Recipe, stages: list[Stage], index: dict, stats_files: dict,
                    recipe_source: str | None, wall_s: float) -> dict:
     shards = [_file_entry(output, "shards", f) for f in _names(output, "shards")]
     rejects = [_file_entry(output, "rejects", f) for f in _names(output, "rejects")]
@@ -38,7 +37,7 @@ def build_manifest(*, output: str, recipe: Recipe, stages: list[Stage], index: d
     for folder, entries in (("shards", shards), ("rejects", rejects)):
         for entry in entries:
             columns = ["uid", REJECT] if folder == "rejects" else ["uid"]
-            table = pq.read_table(os.path.join(output, entry["path"]), columns=columns)
+            table = output.read_parquet(output.path(entry["path"]), columns=columns)
             uids.update(table.column("uid").to_pylist())
             rows_seen += table.num_rows
             if folder == "rejects":
@@ -89,19 +88,20 @@ def _funnel(stages: list[Stage], reasons: Counter, total: int) -> list[dict]:
     return entries
 
 
-def _names(output: str, folder: str) -> list[str]:
-    path = os.path.join(output, folder)
-    return sorted(f for f in os.listdir(path) if f.endswith(".parquet")) if os.path.isdir(path) else []
+def _names(output: Storage, folder: str) -> list[str]:
+    return [posixpath.basename(p) for p in output.list_files(output.path(folder), ".parquet")]
 
 
-def _file_entry(output: str, folder: str, name: str) -> dict:
-    path = os.path.join(output, folder, name)
+def _file_entry(output: Storage, folder: str, name: str) -> dict:
+    path = output.path(folder, name)
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    size = 0
+    with output.fs.open_input_stream(path) as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
-    return {"path": f"{folder}/{name}", "rows": pq.ParquetFile(path).metadata.num_rows,
-            "bytes": os.path.getsize(path), "sha256": digest.hexdigest()}
+            size += len(chunk)
+    return {"path": f"{folder}/{name}", "rows": output.parquet_rows(path), "bytes": size,
+            "sha256": digest.hexdigest()}
 
 
 def _versions() -> dict[str, str]:
@@ -114,12 +114,8 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def write_json_atomic(path: str, data: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as handle:
-        json.dump(data, handle, indent=2, sort_keys=False)
-        handle.write("\n")
-    os.replace(tmp, path)
+def write_json_atomic(store: Storage, path: str, data: dict) -> None:
+    store.write_bytes((json.dumps(data, indent=2, sort_keys=False) + "\n").encode(), path)
 
 
 def format_funnel(manifest: dict) -> str:

@@ -9,9 +9,11 @@ is rejected as ``input:empty_caption``.
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import json
 import os
+import posixpath
 from pathlib import Path
 
 import pyarrow as pa
@@ -22,16 +24,22 @@ import pyarrow.parquet as pq
 from pipelines.errors import InputError
 from pipelines.recipe import InputConfig
 from pipelines.stage import REJECT, SAMPLE_SCHEMA, make_uid
+from pipelines.storage import Storage, is_uri
 
 FORMATS = {".parquet": "parquet", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".txt": "txt"}
 
 
 def input_files(spec: str | list[str]) -> list[str]:
-    """Expand a path, directory or glob (or a list of them) into sorted input files."""
+    """Expand a path, directory or glob (or a list of them) into sorted input files.
+
+    Local paths, or URIs of any pyarrow filesystem (``s3://bucket/pool/*.parquet``)."""
     specs = [spec] if isinstance(spec, (str, os.PathLike)) else list(spec)
     files: list[str] = []
     for item in specs:
         item = str(item)
+        if is_uri(item):
+            files.extend(_remote_files(item))
+            continue
         if os.path.isdir(item):
             found = sorted(p for p in glob.glob(os.path.join(item, "*")) if Path(p).suffix in FORMATS)
         else:
@@ -45,28 +53,52 @@ def input_files(spec: str | list[str]) -> list[str]:
     return files
 
 
+def _remote_files(uri: str) -> list[str]:
+    store = Storage.at(uri)
+    if any(c in store.root for c in "*?["):
+        parent, pattern = posixpath.split(store.root)
+        found = [p for p in store.list_files(parent) if fnmatch.fnmatch(posixpath.basename(p), pattern)]
+    elif store.is_dir(store.root):
+        found = [p for p in store.list_files(store.root) if Path(p).suffix in FORMATS]
+    elif store.exists(store.root):
+        found = [store.root]
+    else:
+        raise InputError(f"{uri}: input file not found")
+    return [store.uri(p) for p in found]
+
+
+def _fingerprint(path: str) -> list:
+    """What identifies an input file's content cheaply: where it is, its size and mtime."""
+    store = Storage.at(path)
+    info = store.fs.get_file_info(store.root)
+    mtime = int(info.mtime.timestamp()) if info.mtime is not None else None
+    return [path if is_uri(path) else store.root, info.size, mtime]
+
+
 def read_input_table(path: str, config: InputConfig) -> pa.Table:
     """One input file as an Arrow table with ``url`` and ``caption`` string columns."""
     fmt = config.format if config.format != "auto" else FORMATS.get(Path(path).suffix.lower())
     if fmt is None:
         raise InputError(f"{path}: cannot tell the input format from the extension; set input.format")
-    if os.path.getsize(path) == 0:
+    store = Storage.at(path)
+    fs, location = store.fs, store.root
+    if store.size(location) == 0:
         raise InputError(f"{path}: input file is empty")
     try:
         if fmt == "parquet":
-            table = pq.read_table(path)
+            table = pq.read_table(location, filesystem=fs)
         elif fmt in ("csv", "tsv"):
             table = pacsv.read_csv(
-                path,
+                fs.open_input_stream(location),
                 parse_options=pacsv.ParseOptions(delimiter="\t" if fmt == "tsv" else ",", newlines_in_values=True),
                 convert_options=pacsv.ConvertOptions(
                     column_types={config.url_col: pa.string(), config.caption_col: pa.string()}
                 ),
             )
         elif fmt == "jsonl":
-            table = pajson.read_json(path)
+            table = pajson.read_json(fs.open_input_stream(location))
         else:
-            table = _read_txt(path, config)
+            table = _read_txt(store, config)
     except pa.ArrowInvalid as err:
         message = " ".join(str(err).split())
         if "UTF8" in message or "utf-8" in message.lower():
@@ -77,10 +109,10 @@ def read_input_table(path: str, config: InputConfig) -> pa.Table:
     return _normalise_columns(table, path, config)
 
 
-def _read_txt(path: str, config: InputConfig) -> pa.Table:
+def _read_txt(store: Storage, config: InputConfig) -> pa.Table:
     """img2dataset's txt format: one URL per line, no caption."""
-    with open(path, encoding="utf-8") as handle:
-        urls = [line.strip() for line in handle if line.strip()]
+    text = store.read_bytes(store.root).decode("utf-8")
+    urls = [line.strip() for line in text.splitlines() if line.strip()]
     return pa.table({config.url_col: pa.array(urls, pa.string()), config.caption_col: pa.nulls(len(urls), pa.string())})
 
 
@@ -110,26 +142,27 @@ def _normalise_columns(table: pa.Table, path: str, config: InputConfig) -> pa.Ta
     return pa.table({**columns, **extras})
 
 
-def split_input(spec, config: InputConfig, work_dir: str) -> dict:
+def split_input(spec, config: InputConfig, work_dir: str | Storage) -> dict:
     """Write the input as partitions under ``work_dir/input`` (once) and return its index.
 
     A finished split is recorded in ``_index.json`` with the input's fingerprint; a rerun
-    with the same input reuses it, a different input is an error.
+    with the same input reuses it, a different input is an error. ``work_dir`` may be on
+    any pyarrow filesystem; partition paths in the index are paths on that filesystem.
     """
+    work = work_dir if isinstance(work_dir, Storage) else Storage.at(work_dir)
     files = input_files(spec)
-    fingerprint = [[os.path.abspath(f), os.path.getsize(f), int(os.path.getmtime(f))] for f in files]
+    fingerprint = [_fingerprint(f) for f in files]
     fingerprint.append(config.model_dump())
-    out_dir = os.path.join(work_dir, "input")
-    index_path = os.path.join(out_dir, "_index.json")
-    if os.path.exists(index_path):
-        with open(index_path) as handle:
-            index = json.load(handle)
+    out_dir = work.path("input")
+    index_path = work.path("input", "_index.json")
+    if work.exists(index_path):
+        index = json.loads(work.read_bytes(index_path))
         if index["fingerprint"] != json.loads(json.dumps(fingerprint)):
             raise InputError(
-                f"{work_dir}: holds an unfinished run over a different input; use a new --output or --force"
+                f"{work.uri()}: holds an unfinished run over a different input; use a new --output or --force"
             )
         return index
-    os.makedirs(out_dir, exist_ok=True)
+    work.makedirs(out_dir)
     seen: set[str] = set()
     partitions, rows, pending = [], 0, []
     for path in files:
@@ -138,16 +171,14 @@ def split_input(spec, config: InputConfig, work_dir: str) -> dict:
         rows += table.num_rows
         buffered = pa.concat_tables(pending, promote_options="permissive")
         while buffered.num_rows >= config.partition_size:
-            partitions.append(_write_partition(buffered.slice(0, config.partition_size), out_dir, len(partitions)))
+            partitions.append(_write_partition(buffered.slice(0, config.partition_size), work, len(partitions)))
             buffered = buffered.slice(config.partition_size)
         pending = [buffered] if buffered.num_rows else []
     if pending:
-        partitions.append(_write_partition(pa.concat_tables(pending, promote_options="permissive"), out_dir, len(partitions)))
+        partitions.append(_write_partition(pa.concat_tables(pending, promote_options="permissive"), work,
+                                           len(partitions)))
     index = {"fingerprint": fingerprint, "paths": files, "rows": rows, "partitions": partitions}
-    tmp = index_path + ".tmp"
-    with open(tmp, "w") as handle:
-        json.dump(index, handle)
-    os.replace(tmp, index_path)
+    work.write_bytes(json.dumps(index).encode(), index_path)
     return json.loads(json.dumps(index))
 
 
@@ -185,10 +216,8 @@ def _with_sample_columns(table: pa.Table, seen: set[str]) -> pa.Table:
     return pa.table({**base_columns, **extras})
 
 
-def _write_partition(table: pa.Table, out_dir: str, number: int) -> dict:
-    name = f"part-{number:05d}.parquet"
-    path = os.path.join(out_dir, name)
-    pq.write_table(table, path + ".tmp")
-    os.replace(path + ".tmp", path)
+def _write_partition(table: pa.Table, work: Storage, number: int) -> dict:
+    path = work.path("input", f"part-{number:05d}.parquet")
+    work.write_parquet(table, path)
     return {"path": path, "rows": table.num_rows}
 

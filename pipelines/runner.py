@@ -16,21 +16,26 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-import shutil
+import posixpath
 import time
 from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from pipelines.errors import UserError
 from pipelines.manifest import build_manifest, write_json_atomic
 from pipelines.readers import split_input
 from pipelines.recipe import Recipe
-from pipelines.stage import REJECT, GlobalStage, Stage
+from pipelines.stage import REJECT, GlobalStage, Resources, Stage
+from pipelines.storage import Storage
 
 WORK = "_work"
+# Custom resource of the nodes that take CPU-only work (cluster.yaml gives it to the head
+# and the CPU worker type). When a cluster has it, CPU work asks for a sliver of it, so
+# it never runs on GPU nodes and leaves their CPUs to the GPU stages' actors.
+CPU_NODE_RESOURCE = "curate_cpu"
+CPU_NODE_SHARE = 0.001
 
 
 @dataclass
@@ -47,63 +52,60 @@ class RunOptions:
 
 def run_pipeline(recipe: Recipe, stages: list[Stage], input_spec, output: str,
                  options: RunOptions | None = None, recipe_source: str | None = None) -> dict:
-    """Run ``stages`` over ``input_spec`` into ``output``; returns the manifest dict."""
+    """Run ``stages`` over ``input_spec`` into ``output``; returns the manifest dict.
+
+    ``output`` is a local folder or a URI of any pyarrow filesystem (``s3://bucket/run``);
+    on a cluster it must be a location every node can write (object storage, or a
+    shared mount)."""
     options = options or RunOptions()
     started = time.time()
-    output = os.path.abspath(output)
-    if options.force and os.path.exists(output):
-        shutil.rmtree(output)
-    if os.path.exists(os.path.join(output, "manifest.json")):
-        raise UserError(f"{output}: already holds a finished run (manifest.json); use --force or a new --output")
-    work = os.path.join(output, WORK)
-    os.makedirs(work, exist_ok=True)
+    out = Storage.at(output)
+    if options.force:
+        out.rmtree(out.root)
+    if out.exists(out.path("manifest.json")):
+        raise UserError(f"{out.uri()}: already holds a finished run (manifest.json); use --force or a new --output")
+    work = out.child(WORK)
+    work.makedirs(work.root)
     index = split_input(input_spec, recipe.input, work)
 
     first_global = next((i for i, s in enumerate(stages) if s.is_global), len(stages))
     phase1_stages, phase2_stages = stages[:first_global], stages[first_global:]
-    executor = InlineExecutor() if options.inline else RayExecutor(options)
+    executor = InlineExecutor(out) if options.inline else RayExecutor(out, options)
 
-    phase1_dir = os.path.join(work, "phase1")
-    os.makedirs(phase1_dir, exist_ok=True)
-    pending, exclude = _pending_partitions(index, phase1_dir)
+    phase1_dir = work.path("phase1")
+    work.makedirs(phase1_dir)
+    pending, exclude = _pending_partitions(index, work, phase1_dir)
     if pending:
         executor.run_phase1(pending, exclude, phase1_stages, phase1_dir)
-    phase1_files = _check_phase1(index, phase1_dir)
+    phase1_files = _check_phase1(index, work, phase1_dir)
 
-    staging = os.path.join(work, "final")
-    if os.path.exists(staging):
-        shutil.rmtree(staging)
+    staging = work.path("final")
+    work.rmtree(staging)
     fitted = executor.run_phase2(phase1_files, phase2_stages, staging, recipe.output.shard_rows)
 
-    stats_files = _write_stats(fitted, staging)
+    stats_files = _write_stats(fitted, work, staging)
     for name in ("shards", "rejects", "stats"):
-        final = os.path.join(output, name)
-        if os.path.exists(final):
-            shutil.rmtree(final)
-        if os.path.exists(os.path.join(staging, name)):
-            os.replace(os.path.join(staging, name), final)
-        else:
-            os.makedirs(final)
+        out.move_files(posixpath.join(staging, name), out.path(name))
     manifest = build_manifest(
-        output=output, recipe=recipe, stages=stages, index=index, stats_files=stats_files,
+        output=out, recipe=recipe, stages=stages, index=index, stats_files=stats_files,
         recipe_source=recipe_source, wall_s=time.time() - started,
     )
-    write_json_atomic(os.path.join(output, "manifest.json"), manifest)
-    shutil.rmtree(staging, ignore_errors=True)
+    write_json_atomic(out, out.path("manifest.json"), manifest)
+    work.rmtree(staging)
     return manifest
 
 
 # ------------------------------------------------------------------ resume bookkeeping
 
 
-def _pending_partitions(index: dict, phase1_dir: str) -> tuple[list[str], list[str]]:
+def _pending_partitions(index: dict, work: Storage, phase1_dir: str) -> tuple[list[str], list[str]]:
     """Input partitions with rows not yet in phase 1, and the uids already done."""
     done = set()
-    for path in _parquet_files(phase1_dir):
-        done.update(pq.read_table(path, columns=["uid"]).column("uid").to_pylist())
+    for path in work.list_files(phase1_dir, ".parquet"):
+        done.update(work.read_parquet(path, columns=["uid"]).column("uid").to_pylist())
     pending, exclude = [], []
     for part in index["partitions"]:
-        uids = pq.read_table(part["path"], columns=["uid"]).column("uid").to_pylist()
+        uids = work.read_parquet(part["path"], columns=["uid"]).column("uid").to_pylist()
         finished = [u for u in uids if u in done]
         if len(finished) < len(uids):
             pending.append(part["path"])
@@ -111,12 +113,12 @@ def _pending_partitions(index: dict, phase1_dir: str) -> tuple[list[str], list[s
     return pending, exclude
 
 
-def _check_phase1(index: dict, phase1_dir: str) -> list[str]:
+def _check_phase1(index: dict, work: Storage, phase1_dir: str) -> list[str]:
     """Every input row is in phase 1 exactly once; otherwise fail loudly."""
-    files = _parquet_files(phase1_dir)
+    files = work.list_files(phase1_dir, ".parquet")
     seen: set[str] = set()
     for path in files:
-        uids = pq.read_table(path, columns=["uid"]).column("uid").to_pylist()
+        uids = work.read_parquet(path, columns=["uid"]).column("uid").to_pylist()
         twice = seen.intersection(uids)
         if twice or len(set(uids)) != len(uids):
             raise RuntimeError(f"phase 1 wrote uid {sorted(twice)[:1]} twice ({path}); rerun with --force")
@@ -126,21 +128,14 @@ def _check_phase1(index: dict, phase1_dir: str) -> list[str]:
     return files
 
 
-def _parquet_files(directory: str) -> list[str]:
-    if not os.path.isdir(directory):
-        return []
-    return sorted(os.path.join(directory, f) for f in os.listdir(directory) if f.endswith(".parquet"))
-
-
-def _write_stats(stages: list[Stage], staging: str) -> dict[str, str]:
+def _write_stats(stages: list[Stage], work: Storage, staging: str) -> dict[str, str]:
     files = {}
     for stage in stages:
         if not isinstance(stage, GlobalStage):
             continue
         for key, table in stage.stats().items():
             name = f"{stage.label}.{key}"
-            os.makedirs(os.path.join(staging, "stats"), exist_ok=True)
-            pq.write_table(table, os.path.join(staging, "stats", name + ".parquet"))
+            work.write_parquet(table, posixpath.join(staging, "stats", name + ".parquet"))
             files[name] = f"stats/{name}.parquet"
     return files
 
@@ -164,16 +159,15 @@ def prepare_stage(stage: GlobalStage, batch: pa.Table) -> pa.Table:
     return out
 
 
-def write_block(batch: pa.Table, out_dir: str) -> pa.Table:
-    """Write one phase-1 block atomically, named by a hash of its uids."""
+def write_block(batch: pa.Table, store: Storage, out_dir: str) -> pa.Table:
+    """Write one phase-1 block atomically, named by a hash of its uids (a retried task
+    overwrites its own file instead of adding a second copy of its rows)."""
     uids = batch.column("uid").to_pylist()
     if not uids:
         return pa.table({"file": pa.array([], pa.string()), "rows": pa.array([], pa.int64())})
     digest = hashlib.blake2b("\n".join(uids).encode(), digest_size=10).hexdigest()
-    path = os.path.join(out_dir, f"block-{digest}.parquet")
-    tmp = f"{path}.tmp-{os.getpid()}"
-    pq.write_table(batch, tmp)
-    os.replace(tmp, path)
+    path = posixpath.join(out_dir, f"block-{digest}.parquet")
+    store.write_parquet(batch, path)
     return pa.table({"file": [path], "rows": [len(uids)]})
 
 
@@ -190,9 +184,8 @@ def rejected_rows(batch: pa.Table) -> pa.Table:
     return rejected.drop_columns(["image"]) if "image" in rejected.column_names else rejected
 
 
-def _needs_actor(stage: Stage) -> bool:
+def _needs_actor(stage: Stage, resources: Resources) -> bool:
     """Actors only where a stage loads something in setup() or needs a GPU."""
-    resources = stage.resources()
     return resources.num_gpus > 0 or resources.concurrency is not None or type(stage).setup is not Stage.setup
 
 
@@ -205,16 +198,19 @@ class InlineExecutor:
     Global stages still fit through a small local Ray Dataset (their ``fit`` contract).
     """
 
+    def __init__(self, store: Storage):
+        self.store = store
+
     def run_phase1(self, pending: list[str], exclude: list[str], stages: list[Stage], out_dir: str) -> None:
         exclude_array = pa.array(exclude, pa.string())
         for path in pending:
-            table = drop_uids(pq.read_table(path), exclude_array)
+            table = drop_uids(self.store.read_parquet(path), exclude_array)
             for stage in stages:
                 table = _in_batches(table, stage, functools.partial(apply_stage, stage))
-            write_block(table, out_dir)
+            write_block(table, self.store, out_dir)
 
     def run_phase2(self, files: list[str], stages: list[Stage], staging: str, shard_rows: int) -> list[Stage]:
-        table = pa.concat_tables([pq.read_table(f) for f in files], promote_options="permissive")
+        table = pa.concat_tables([self.store.read_parquet(f) for f in files], promote_options="permissive")
         for stage in stages:
             if stage.is_global:
                 table = _in_batches(table, stage, functools.partial(prepare_stage, stage))
@@ -224,9 +220,9 @@ class InlineExecutor:
             table = _in_batches(table, stage, functools.partial(apply_stage, stage))
         kept, rejected = kept_rows(table), rejected_rows(table)
         for name, part, rows in (("shards", kept, shard_rows), ("rejects", rejected, 100_000)):
-            os.makedirs(os.path.join(staging, name), exist_ok=True)
             for number, start in enumerate(range(0, part.num_rows, rows)):
-                pq.write_table(part.slice(start, rows), os.path.join(staging, name, f"part-{number:05d}.parquet"))
+                path = posixpath.join(staging, name, f"part-{number:05d}.parquet")
+                self.store.write_parquet(part.slice(start, rows), path)
         return stages
 
 
@@ -253,14 +249,27 @@ class _StageActor:
         return apply_stage(self.stage, batch)
 
 
+def _stage_resources(stage: Stage) -> Resources:
+    return stage.resources()
+
+
 class RayExecutor:
     """Runs stages as Ray Data ``map_batches`` operators: tasks, or actor pools for
-    stages with a model/automaton or a GPU."""
+    stages with a model/automaton or a GPU.
 
-    def __init__(self, options: RunOptions):
+    Placement on a cluster: stages that ask for GPUs land on GPU nodes (Ray schedules
+    ``num_gpus``); everything else asks for a sliver of ``CPU_NODE_RESOURCE`` when the
+    cluster has nodes with it, so CPU work stays off the GPU nodes. A model stage decides
+    on its device where it is asked; when this driver has no GPU but the cluster has,
+    the runner asks it on a GPU node (a stage that picks CUDA when one is visible then
+    asks for a GPU there, as it would on a single GPU machine).
+    """
+
+    def __init__(self, store: Storage, options: RunOptions):
         import ray
 
         self.ray = ray
+        self.store = store
         if not ray.is_initialized():
             address = options.address or os.environ.get("RAY_ADDRESS")
             kwargs = {"include_dashboard": False, "ignore_reinit_error": True, "log_to_driver": True}
@@ -273,10 +282,27 @@ class RayExecutor:
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = options.progress
         context.print_on_execution_start = options.progress
-        self.cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        cluster = ray.cluster_resources()
+        self.cpus = max(1, int(cluster.get("CPU", 1)))
+        self.cpu_placement = {CPU_NODE_RESOURCE: CPU_NODE_SHARE} if cluster.get(CPU_NODE_RESOURCE) else None
+        self.gpus_elsewhere = cluster.get("GPU", 0) > 0 and _driver_node_gpus(ray) == 0
+        self._resources: dict[int, Resources] = {}
+
+    def resources(self, stage: Stage) -> Resources:
+        """What one worker of ``stage`` needs on this cluster (asked once per stage)."""
+        if id(stage) not in self._resources:
+            resources = stage.resources()
+            if resources.num_gpus == 0 and self.gpus_elsewhere and _needs_actor(stage, resources):
+                probe = self.ray.remote(num_cpus=0, num_gpus=0.01)(_stage_resources)
+                resources = self.ray.get(probe.remote(stage))
+            self._resources[id(stage)] = resources
+        return self._resources[id(stage)]
+
+    def _cpu_args(self) -> dict:
+        return {"resources": self.cpu_placement} if self.cpu_placement else {}
 
     def _map(self, ds, stage: Stage, method: str = "__call__"):
-        resources = stage.resources()
+        resources = self.resources(stage)
         common = dict(
             batch_format="pyarrow",
             batch_size=resources.batch_size,
@@ -285,7 +311,9 @@ class RayExecutor:
         )
         if resources.num_gpus:
             common["num_gpus"] = resources.num_gpus
-        if _needs_actor(stage):
+        else:
+            common.update(self._cpu_args())
+        if _needs_actor(stage, resources):
             size = resources.concurrency
             pool = self.ray.data.ActorPoolStrategy(size=size) if size else \
                 self.ray.data.ActorPoolStrategy(min_size=1, max_size=self.cpus)
@@ -298,36 +326,48 @@ class RayExecutor:
         fn = prepare_stage if method == "prepare" else apply_stage
         return ds.map_batches(functools.partial(fn, stage), **common)
 
+    def _map_blocks(self, ds, fn):
+        """A whole-block bookkeeping step (filter, write) on the CPU nodes."""
+        return ds.map_batches(fn, batch_format="pyarrow", batch_size=None, **self._cpu_args())
+
+    def _read(self, paths: list[str], **kwargs):
+        return self.ray.data.read_parquet(paths, filesystem=self.store.fs, ray_remote_args=self._cpu_args(),
+                                          **kwargs)
+
     def run_phase1(self, pending: list[str], exclude: list[str], stages: list[Stage], out_dir: str) -> None:
-        ds = self.ray.data.read_parquet(pending, override_num_blocks=len(pending))
+        ds = self._read(pending, override_num_blocks=len(pending))
         if exclude:
-            ds = ds.map_batches(functools.partial(drop_uids, exclude=pa.array(exclude, pa.string())),
-                                batch_format="pyarrow", batch_size=None)
+            ds = self._map_blocks(ds, functools.partial(drop_uids, exclude=pa.array(exclude, pa.string())))
         for stage in stages:
             ds = self._map(ds, stage)
-        written = ds.map_batches(functools.partial(write_block, out_dir=out_dir), batch_format="pyarrow", batch_size=None)
+        written = self._map_blocks(ds, functools.partial(write_block, store=self.store, out_dir=out_dir))
         written.take_all()
 
     def run_phase2(self, files: list[str], stages: list[Stage], staging: str, shard_rows: int) -> list[Stage]:
-        ds = self.ray.data.read_parquet(files)
+        ds = self._read(files)
         for stage in stages:
             if stage.is_global:
                 ds = self._map(ds, stage, method="prepare").materialize()
-                stage.fit(ds.map_batches(kept_rows, batch_format="pyarrow", batch_size=None))
+                stage.fit(self._map_blocks(ds, kept_rows))
             ds = self._map(ds, stage)
         ds = ds.materialize()
-        kept = ds.map_batches(kept_rows, batch_format="pyarrow", batch_size=None)
-        rejected = ds.map_batches(rejected_rows, batch_format="pyarrow", batch_size=None)
+        kept = self._map_blocks(ds, kept_rows)
+        rejected = self._map_blocks(ds, rejected_rows)
         for name, part, rows in (("shards", kept, shard_rows), ("rejects", rejected, 100_000)):
-            target = os.path.join(staging, name)
-            part.write_parquet(target, min_rows_per_file=min(rows, 1000), max_rows_per_file=rows)
-            _rename_sequential(target)
+            target = posixpath.join(staging, name)
+            part.write_parquet(target, filesystem=self.store.fs, min_rows_per_file=min(rows, 1000),
+                               max_rows_per_file=rows, ray_remote_args=self._cpu_args())
+            _rename_sequential(self.store, target)
         return stages
 
 
-def _rename_sequential(directory: str) -> None:
+def _driver_node_gpus(ray) -> float:
+    here = ray.get_runtime_context().get_node_id()
+    return next((n["Resources"].get("GPU", 0) for n in ray.nodes() if n["NodeID"] == here), 0)
+
+
+def _rename_sequential(store: Storage, directory: str) -> None:
     """Ray names files by write task; the output uses part-00000.parquet, ..."""
-    os.makedirs(directory, exist_ok=True)
-    names = sorted(f for f in os.listdir(directory) if f.endswith(".parquet"))
-    for number, name in enumerate(names):
-        os.replace(os.path.join(directory, name), os.path.join(directory, f"part-{number:05d}.parquet"))
+    store.makedirs(directory)
+    for number, path in enumerate(store.list_files(directory, ".parquet")):
+        store.move(path, posixpath.join(directory, f"part-{number:05d}.parquet"))

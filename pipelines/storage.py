@@ -1,0 +1,128 @@
+"""Where a run's files live: a local folder or an object store, through ``pyarrow.fs``.
+
+``Storage.at("out/")``, ``Storage.at("file:///data/out")`` and ``Storage.at("s3://bucket/out")``
+give the same small interface, so the runner, the readers and the manifest never call
+``os.path`` on output paths and a cluster can write its output to object storage
+(every node sees the same bucket; a local folder is only shared on one machine).
+
+Atomic writes: on a local filesystem a file is written under a temporary name and
+renamed; on object stores an object only appears when its upload completes, so it is
+written in place (a rename there is a copy).
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import uuid
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+
+def is_uri(location: str) -> bool:
+    return "://" in str(location)
+
+
+@dataclass(frozen=True)
+class Storage:
+    """A filesystem and a root folder on it. Paths passed to methods are full paths
+    on ``fs`` (as returned by :meth:`path`), so they can go straight to pyarrow/Ray."""
+
+    fs: pafs.FileSystem
+    root: str
+
+    @classmethod
+    def at(cls, location: str | os.PathLike) -> "Storage":
+        location = str(location)
+        if is_uri(location):
+            fs, root = pafs.FileSystem.from_uri(location)
+            return cls(fs, root.rstrip("/") or "/")
+        return cls(pafs.LocalFileSystem(), os.path.abspath(location))
+
+    @property
+    def local(self) -> bool:
+        return self.fs.type_name == "local"
+
+    def path(self, *parts: str) -> str:
+        return posixpath.join(self.root, *parts) if parts else self.root
+
+    def child(self, *parts: str) -> "Storage":
+        return Storage(self.fs, self.path(*parts))
+
+    def uri(self, path: str | None = None) -> str:
+        """A path as the user would write it (for messages and the manifest)."""
+        path = self.root if path is None else path
+        if self.local:
+            return path
+        return f"{self.fs.type_name}://{path}"
+
+    # ------------------------------------------------------------------ queries
+
+    def exists(self, path: str) -> bool:
+        return self.fs.get_file_info(path).type != pafs.FileType.NotFound
+
+    def is_dir(self, path: str) -> bool:
+        return self.fs.get_file_info(path).type == pafs.FileType.Directory
+
+    def size(self, path: str) -> int:
+        return self.fs.get_file_info(path).size
+
+    def list_files(self, directory: str, suffix: str = "") -> list[str]:
+        """Files directly in ``directory`` ending with ``suffix``, sorted; [] if it is absent."""
+        selector = pafs.FileSelector(directory, allow_not_found=True, recursive=False)
+        return sorted(info.path for info in self.fs.get_file_info(selector)
+                      if info.type == pafs.FileType.File and info.base_name.endswith(suffix))
+
+    # ------------------------------------------------------------------ changes
+
+    def makedirs(self, path: str) -> None:
+        self.fs.create_dir(path, recursive=True)
+
+    def rmtree(self, path: str) -> None:
+        if self.exists(path):
+            self.fs.delete_dir(path)
+
+    def move(self, src: str, dst: str) -> None:
+        self.fs.move(src, dst)
+
+    def move_files(self, src_dir: str, dst_dir: str) -> None:
+        """Replace ``dst_dir`` with the files of ``src_dir`` (file by file: object stores
+        cannot rename a folder)."""
+        self.rmtree(dst_dir)
+        self.makedirs(dst_dir)
+        for path in self.list_files(src_dir):
+            self.fs.move(path, posixpath.join(dst_dir, posixpath.basename(path)))
+
+    def write_parquet(self, table: pa.Table, path: str) -> None:
+        """Write ``table`` so that ``path`` is either absent or complete."""
+        target = self._temporary(path)
+        pq.write_table(table, target, filesystem=self.fs)
+        if target != path:
+            self.fs.move(target, path)
+
+    def write_bytes(self, data: bytes, path: str) -> None:
+        target = self._temporary(path)
+        with self.fs.open_output_stream(target) as handle:
+            handle.write(data)
+        if target != path:
+            self.fs.move(target, path)
+
+    def read_bytes(self, path: str) -> bytes:
+        with self.fs.open_input_stream(path) as handle:
+            return handle.read()
+
+    def read_parquet(self, path: str, columns: list[str] | None = None) -> pa.Table:
+        return pq.read_table(path, columns=columns, filesystem=self.fs)
+
+    def parquet_rows(self, path: str) -> int:
+        with self.fs.open_input_file(path) as handle:
+            return pq.ParquetFile(handle).metadata.num_rows
+
+    def _temporary(self, path: str) -> str:
+        if not self.local:
+            return path
+        self.makedirs(posixpath.dirname(path))
+        return f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
