@@ -1,0 +1,77 @@
+"""Checkpoints: a plain open_clip ``local-dir`` model plus the trainer's own state.
+
+One directory is one checkpoint (the project's contract):
+``open_clip_config.json`` + ``open_clip_pytorch_model.bin`` (a plain ``state_dict``)
+load with ``open_clip.create_model_and_transforms("local-dir:" + path)``. Resume state
+sits beside them in files open_clip never picks up as weights: ``trainer_state.pt``
+(optimizer, grad scaler, RNG) and ``train_state.json`` (step, data positions, config).
+Every file is written to a temporary name first, then renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pipelines.errors import UserError
+from train.model import WEIGHTS_FILE, unwrap, write_config
+
+STATE_JSON = "train_state.json"
+STATE_TENSORS = "trainer_state.pt"
+
+
+@dataclass
+class TrainerState:
+    step: int
+    positions: dict[int, int]  # data worker -> rows consumed
+    layout: dict  # {"world_size": n, "workers_per_rank": n}: positions are only valid for it
+    tensors: dict  # optimizer, scaler, RNG states
+    info: dict  # the rest of train_state.json (config, last loss)
+
+
+def save(directory: str | Path, *, model: torch.nn.Module, config: dict, optimizer, step: int,
+         positions: dict[int, int], layout: dict, scaler=None, info: dict | None = None) -> Path:
+    directory = Path(directory)
+    write_config(directory, config)
+    tensors = {"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(), "step": step}
+    if scaler is not None:
+        tensors["scaler"] = scaler.state_dict()
+    if torch.cuda.is_available():
+        tensors["cuda_rng"] = torch.cuda.get_rng_state_all()
+    state = {"step": step, "positions": {str(k): v for k, v in sorted(positions.items())},
+             "layout": layout, **(info or {})}
+    staged = [
+        _stage(directory / WEIGHTS_FILE, lambda p: torch.save(unwrap(model).state_dict(), p)),
+        _stage(directory / STATE_TENSORS, lambda p: torch.save(tensors, p)),
+        _stage(directory / STATE_JSON, lambda p: p.write_text(json.dumps(state, indent=2))),
+    ]
+    for tmp, final in staged:
+        os.replace(tmp, final)
+    return directory
+
+
+def exists(directory: str | Path) -> bool:
+    directory = Path(directory)
+    return (directory / STATE_JSON).is_file() and (directory / STATE_TENSORS).is_file()
+
+
+def load(directory: str | Path, map_location="cpu") -> TrainerState:
+    directory = Path(directory)
+    state = json.loads((directory / STATE_JSON).read_text())
+    tensors = torch.load(directory / STATE_TENSORS, map_location=map_location, weights_only=True)
+    if int(tensors["step"]) != int(state["step"]):
+        raise UserError(f"checkpoint {directory} was interrupted while saving (step {tensors['step']} "
+                        f"vs {state['step']}); it cannot be resumed")
+    positions = {int(k): int(v) for k, v in state.pop("positions").items()}
+    return TrainerState(step=int(state.pop("step")), positions=positions, layout=state.pop("layout"),
+                        tensors=tensors, info=state)
+
+
+def _stage(final: Path, write) -> tuple[Path, Path]:
+    tmp = final.with_name(f".{final.name}.tmp")
+    write(tmp)
+    return tmp, final

@@ -1,0 +1,50 @@
+"""Data-parallel training with Ray Train: the same loop in N processes, DDP between them.
+
+Ray Train's ``TorchTrainer`` starts one worker per GPU (or CPU slot), on this machine
+or across a Ray cluster (``RAY_ADDRESS``), and sets up ``torch.distributed``; each
+rank reads its own slice of the shards (``train.data``), open_clip's losses gather
+features across ranks, and rank 0 writes the checkpoint into ``output`` (which must be
+on storage every node can reach when several nodes train).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from train.trainer import TrainConfig, TrainResult, fit_worker
+
+
+def fit_with_ray(config: TrainConfig) -> TrainResult:
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    output = Path(config.output).resolve()
+    trainer = TorchTrainer(
+        _train_loop,
+        train_loop_config={"config": config.model_dump(mode="json")},
+        scaling_config=ScalingConfig(num_workers=config.ray_workers, use_gpu=config.use_gpu),
+        run_config=RunConfig(name="train", storage_path=str(output.parent / f".{output.name}.ray")),
+    )
+    metrics = trainer.fit().metrics
+    return TrainResult(output=Path(config.output), step=metrics["step"], loss=metrics["loss"],
+                       samples_per_s=metrics["samples_per_s"], wall_s=metrics["wall_s"])
+
+
+def _train_loop(loop_config: dict) -> None:
+    import ray.train
+    import ray.train.torch
+    import torch.distributed as dist
+
+    config = TrainConfig(**loop_config["config"])
+    context = ray.train.get_context()
+
+    def gather(positions: dict[int, int]) -> dict[int, int]:
+        everyone: list = [None] * dist.get_world_size()
+        dist.all_gather_object(everyone, positions)
+        return {k: v for part in everyone for k, v in part.items()}
+
+    result = fit_worker(config, rank=context.get_world_rank(), world_size=context.get_world_size(),
+                        device=ray.train.torch.get_device(), wrap=ray.train.torch.prepare_model,
+                        gather=gather)
+    ray.train.report({"step": result.step, "loss": result.loss, "samples_per_s": result.samples_per_s,
+                      "wall_s": result.wall_s})
