@@ -65,7 +65,7 @@ def funnel(stats: dict, path: Path) -> Path | None:
             drawn.add(reason)
             left += n
         share = stage["rejected"] / stage["in"] if stage["in"] else 0
-        ax.text(stage["in"], y, f"  {stage['in']:,} in, -{share:.1%}", va="center", fontsize=8)
+        ax.text(stage["in"], y, f"  {stage['in']:,} in, {share:.1%} out", va="center", fontsize=8)
     ax.set_yticks(range(len(names)), names)
     ax.set_xlabel("rows")
     ax.xaxis.set_major_formatter(FuncFormatter(_si))

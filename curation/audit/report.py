@@ -400,7 +400,7 @@ td small{color:var(--mute)}
 table{border-collapse:collapse;font-size:.82rem;margin:.5rem 0;max-width:100%}
 th,td{border-bottom:1px solid var(--line);padding:.2rem .55rem;text-align:left;vertical-align:top}
 th{background:var(--bg)}
-td code{font-size:.75rem;word-break:break-all}
+td code{font-size:.75rem;overflow-wrap:anywhere}
 .tiles{display:flex;flex-wrap:wrap;gap:.6rem}
 .tile{border:1px solid var(--line);border-radius:6px;padding:.4rem .8rem;min-width:7.5rem}
 .tile b{display:block;font-size:1.25rem}
@@ -422,8 +422,8 @@ li.bad{color:#b42318;font-weight:600}
 .dup{position:relative}
 .dup img{opacity:.75}
 .dup span{position:absolute;left:4px;bottom:4px;background:rgba(255,255,255,.9);padding:0 .3rem;border-radius:3px;font-size:.7rem}
-.reason{color:#b42318;font-weight:600;margin-top:.3rem;word-break:break-all}
-.detail{color:var(--mute);font-size:.7rem;word-break:break-all}
+.reason{color:#b42318;font-weight:600;margin-top:.3rem;overflow-wrap:anywhere}
+.detail{color:var(--mute);font-size:.7rem;overflow-wrap:anywhere}
 .caption{margin:.3rem 0;max-height:4.2em;overflow:hidden}
 .meta{color:var(--mute)}
 footer{color:var(--mute);font-size:.8rem;text-align:center;padding:1rem}

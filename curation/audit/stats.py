@@ -211,7 +211,8 @@ def _schema(files: list[Path]) -> dict[str, pl.DataType]:
     schema: dict[str, pl.DataType] = {}
     for path in files:
         for name, dtype in pl.read_parquet_schema(path).items():
-            schema.setdefault(name, dtype)
+            if schema.get(name, pl.Null) == pl.Null:  # an all-null column in one file says little
+                schema[name] = dtype
     return schema
 
 
@@ -239,7 +240,12 @@ def _rows(run: Run) -> pl.LazyFrame:
 def _extra_numeric(run: Run) -> list[str]:
     types = {**run.reject_schema, **run.kept_schema}
     return [c for c, t in types.items()
-            if c not in KNOWN_COLUMNS and (t.is_numeric() or t == pl.Boolean)]
+            if c not in KNOWN_COLUMNS and (t.is_numeric() or t == pl.Boolean) and not _is_identifier(c)]
+
+
+def _is_identifier(column: str) -> bool:
+    """Hashes and ids are numbers without a distribution worth plotting."""
+    return "hash" in column or column.endswith("_id") or column in ("id", "key", "index")
 
 
 def _quantities(run: Run) -> dict[str, dict]:

@@ -245,3 +245,21 @@ def test_a_million_rows_in_under_a_minute_and_bounded_memory(tmp_path):
     stats = json.loads((run.out / "report" / "stats.json").read_text())
     assert stats["totals"]["input"] == 1_000_000
     assert stats["totals"]["kept"] == run.manifest["totals"]["kept"]
+
+
+def test_shards_with_differing_schemas_scan_together(tmp_path):
+    """A shard where a stage column is all null (typed null) or absent still scans with the rest."""
+    import pyarrow as pa
+
+    run = write_synthetic_run(tmp_path / "mixed", 2_000, seed=6, shard_rows=500)
+    first = run.out / "shards" / "part-00000.parquet"
+    table = pq.read_table(first)
+    table = table.set_column(table.schema.get_field_index("lang"), "lang", pa.nulls(table.num_rows))
+    pq.write_table(table.drop_columns(["cat_has_action"]), first)
+    manifest = json.loads((run.out / "manifest.json").read_text())
+    manifest["shards"][0]["rows"] = table.num_rows
+    (run.out / "manifest.json").write_text(json.dumps(manifest))
+    stats = compute_stats(run.out)
+    assert stats["totals"]["kept"] == run.manifest["totals"]["kept"]
+    assert stats["lang"]["kept"]["(not computed)"] == table.num_rows
+    assert stats["quantities"]["cat_has_action"]["kept"]["count"] == run.manifest["totals"]["kept"] - table.num_rows
