@@ -1,0 +1,152 @@
+"""``curate retry OUT``: fetch again only the samples of a finished run that failed for a
+reason that may pass (timeout, connect, dns, http_5xx, http_4xx=429).
+
+A users' complaint about img2dataset is that a run with a flaky host can only be redone
+whole. Here the run's phase-1 blocks (``OUT/_work/phase1``, every row after the per-sample
+stages) already hold every answer; retry takes the transiently failed rows out of them and
+lets the runner's resume do the rest: it re-fetches exactly the rows that are missing,
+sends them through the same per-sample stages, then rebuilds shards, rejects and the
+manifest (global stages such as dedup see the recovered rows too). Nothing else is fetched.
+
+Steps are recorded in ``OUT/_work/retry.json`` so an interrupted retry resumes when run again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipelines.errors import UserError
+from pipelines.fetch import is_transient
+from pipelines.manifest import format_funnel, write_json_atomic
+from pipelines.recipe import parse_recipe
+from pipelines.runner import WORK, RunOptions, run_pipeline
+from pipelines.stage import REJECT
+from pipelines.storage import Storage
+
+HELP = (
+    "Re-fetch only the samples of a finished run that failed for a transient reason (timeout, connect, "
+    "dns, http_5xx, http_4xx=429), then rebuild its shards, rejects and manifest. Other rows are not "
+    "fetched again. Needs the run's _work/ folder and its input files. Example: curate retry out/"
+)
+PLAN = "retry.json"
+UIDS = "retry_uids.parquet"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("output", help="output folder or URI of a finished run (holds manifest.json and _work/)")
+    parser.add_argument("--dry-run", action="store_true", help="count what would be retried; change nothing")
+    parser.add_argument("--address", default=None,
+                        help="Ray cluster address to join (default: $RAY_ADDRESS, else an embedded Ray)")
+    parser.add_argument("--num-cpus", type=int, default=None, help="CPUs for the embedded Ray (default: all)")
+    parser.add_argument("--inline", action="store_true", help="run stages in this process (debugging, small data)")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    out = Storage.at(args.output)
+    work = out.child(WORK)
+    phase1 = work.path("phase1")
+    plan_path, uids_path = work.path(PLAN), work.path(UIDS)
+    manifest_path = out.path("manifest.json")
+    if out.exists(manifest_path):
+        manifest = json.loads(out.read_bytes(manifest_path))
+        plan = {
+            "recipe": manifest["recipe"],
+            "recipe_path": manifest.get("recipe_path"),
+            "input": manifest["input"]["paths"],
+            "labels": [s["name"] for s in manifest["stages"] if s.get("type") == "download"],
+            "step": "select",
+        }
+    elif out.exists(plan_path):
+        plan = json.loads(out.read_bytes(plan_path))
+        print(f"resuming an interrupted retry of {out.uri()}")
+    else:
+        raise UserError(f"{out.uri()}: no manifest.json, so not a finished run (finish it with 'curate run' first)")
+    if not out.is_dir(phase1):
+        raise UserError(f"{out.uri()}: no {WORK}/phase1 folder: this run's intermediate files are gone, so it "
+                        f"cannot be retried in place")
+    if not plan["labels"]:
+        raise UserError(f"{out.uri()}: the recipe has no download stage; there is nothing to fetch again")
+    recipe, stages = parse_recipe(plan["recipe"], source=plan.get("recipe_path") or "manifest.json recipe")
+
+    if plan["step"] == "select":
+        uids, reasons = _transient_rows(work, phase1, plan["labels"])
+        summary = ", ".join(f"{reason}={n}" for reason, n in sorted(reasons.items())) or "none"
+        print(f"{len(uids)} samples failed transiently ({summary})")
+        if args.dry_run or not uids:
+            print("nothing to retry" if not uids else "dry run: nothing changed")
+            return 0
+        work.write_parquet(pa.table({"uid": pa.array(sorted(uids), pa.string())}), uids_path)
+        plan["step"] = "rewrite"
+        write_json_atomic(work, plan_path, plan)
+        out.fs.delete_file(manifest_path)
+    elif args.dry_run:
+        print("dry run: an interrupted retry is pending; run without --dry-run to finish it")
+        return 0
+    retry_uids = work.read_parquet(uids_path).column("uid").combine_chunks()
+    if plan["step"] == "rewrite":
+        _drop_rows(work, phase1, retry_uids)
+        plan["step"] = "run"
+        write_json_atomic(work, plan_path, plan)
+
+    options = RunOptions(address=args.address, inline=args.inline, progress=not args.no_progress,
+                         num_cpus=args.num_cpus)
+    manifest = run_pipeline(recipe, stages, plan["input"], args.output, options,
+                            recipe_source=plan.get("recipe_path"))
+    recovered = _count_in(out, out.path("shards"), retry_uids)
+    work.fs.delete_file(plan_path)
+    work.fs.delete_file(uids_path)
+    print(format_funnel(manifest))
+    print(f"retried {len(retry_uids)} samples: {recovered} recovered, {len(retry_uids) - recovered} failed again")
+    return 0
+
+
+def _transient_rows(work: Storage, phase1: str, labels: list[str]) -> tuple[set[str], dict[str, int]]:
+    """uids whose reject is a transient failure of a download stage, and counts by reason."""
+    uids: set[str] = set()
+    reasons: dict[str, int] = {}
+    for path in work.list_files(phase1, ".parquet"):
+        table = work.read_parquet(path, columns=["uid", REJECT])
+        mask = _transient_mask(table.column(REJECT), labels)
+        chosen = table.filter(mask)
+        uids.update(chosen.column("uid").to_pylist())
+        for reason, n in zip(*_value_counts(chosen.column(REJECT))):
+            reasons[reason] = reasons.get(reason, 0) + n
+    return uids, reasons
+
+
+def _transient_mask(rejects: pa.ChunkedArray, labels: list[str]) -> pa.ChunkedArray:
+    values = [v for v in pc.unique(rejects).to_pylist() if v is not None]
+    transient = [v for v in values if v.split(":", 1)[0] in labels and is_transient(v.split(":", 1)[1])]
+    return pc.is_in(rejects, value_set=pa.array(transient, pa.string()))
+
+
+def _value_counts(values: pa.ChunkedArray) -> tuple[list[str], list[int]]:
+    counts = pc.value_counts(values)
+    return counts.field("values").to_pylist(), counts.field("counts").to_pylist()
+
+
+def _drop_rows(work: Storage, phase1: str, uids: pa.Array) -> None:
+    """Rewrite each phase-1 block without the rows to retry (atomically; idempotent)."""
+    for path in work.list_files(phase1, ".parquet"):
+        table = work.read_parquet(path)
+        drop = pc.is_in(table.column("uid"), value_set=uids)
+        if not pc.any(drop).as_py():
+            continue
+        keep = table.filter(pc.invert(drop))
+        if keep.num_rows == 0:
+            work.fs.delete_file(path)
+        else:
+            work.write_parquet(keep, path)
+
+
+def _count_in(out: Storage, folder: str, uids: pa.Array) -> int:
+    total = 0
+    for path in out.list_files(folder, ".parquet"):
+        column = out.read_parquet(path, columns=["uid"]).column("uid")
+        total += pc.sum(pc.is_in(column, value_set=uids)).as_py() or 0
+    return total

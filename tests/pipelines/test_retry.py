@@ -1,0 +1,95 @@
+"""``curate retry``: servers that were down during a run come back; only the transiently
+failed samples are fetched again and recovered, every other row stays as it was."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from hostile_web import HostileWeb, hang, image, jpeg, status
+from pipelines.cli import main as curate
+from pipelines.recipe import parse_recipe
+from pipelines.runner import RunOptions, run_pipeline
+
+ROBOTS = b"User-agent: *\nDisallow: /private/\n"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _rows(folder) -> dict[str, dict]:
+    return {row["url"]: row for row in pq.read_table(folder).to_pylist()}
+
+
+def test_retry_recovers_only_transient_failures(ray_local, tmp_path, capsys):
+    down_port = _free_port()  # nothing listens here during the first run
+    routes = {
+        "/robots.txt": image(ROBOTS, "text/plain"),
+        **{f"/ok-{i}.jpg": image(jpeg(colour=(10 * i, 90, 90))) for i in range(4)},
+        "/gone.jpg": status(404),
+        "/private/x.jpg": image(jpeg()),
+        "/busy-0.jpg": status(503), "/busy-1.jpg": status(500),
+        "/slow.jpg": hang(),
+        "/limited.jpg": status(429, {"Retry-After": "3600"}),
+    }
+    with HostileWeb(routes) as web:
+        urls = [web.url(p) for p in routes if p != "/robots.txt"] + [f"http://127.0.0.1:{down_port}/back.jpg"]
+        pool = tmp_path / "pool.parquet"
+        pq.write_table(pa.table({"url": urls, "caption": [f"c{i}" for i in range(len(urls))]}), pool)
+        recipe, stages = parse_recipe({"input": {"partition_size": 5}, "stages": [{"download": {
+            "image_size": 32, "timeout": 1, "retries": 1, "backoff": 0.01, "max_retry_after": 5,
+            "private_allowlist": [web.endpoint, f"127.0.0.1:{down_port}"]}}]})
+        out = tmp_path / "out"
+        first = run_pipeline(recipe, stages, str(pool), str(out), RunOptions(progress=False))
+        before_kept, before_rejects = _rows(out / "shards"), _rows(out / "rejects")
+        assert {u: r["reject"] for u, r in before_rejects.items()} == {
+            web.url("/gone.jpg"): "download:http_4xx",
+            web.url("/private/x.jpg"): "download:opt_out=robots_txt",
+            web.url("/busy-0.jpg"): "download:http_5xx",
+            web.url("/busy-1.jpg"): "download:http_5xx",
+            web.url("/slow.jpg"): "download:timeout",
+            web.url("/limited.jpg"): "download:http_4xx=429",
+            f"http://127.0.0.1:{down_port}/back.jpg": "download:connect",
+        }
+        assert first["totals"]["kept"] == 4
+        counts = dict(web.requests)
+        assert counts["/busy-0.jpg"] == counts["/slow.jpg"] == 2 and counts["/limited.jpg"] == 1
+
+        # the hosts come back
+        for path in ("/busy-0.jpg", "/busy-1.jpg", "/slow.jpg", "/limited.jpg"):
+            web.routes[path] = image(jpeg(colour=(0, 200, 0)))
+        with HostileWeb({"/back.jpg": image(jpeg(colour=(0, 0, 200)))}, port=down_port) as back:
+            assert curate(["retry", str(out), "--dry-run"]) == 0
+            assert "5 samples failed transiently" in capsys.readouterr().out
+            assert (out / "manifest.json").exists()
+            assert curate(["retry", str(out), "--no-progress"]) == 0
+            assert back.requests["/back.jpg"] == 1
+        printed = capsys.readouterr().out
+        after = dict(web.requests)
+
+    assert "retried 5 samples: 5 recovered, 0 failed again" in printed
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["totals"] == {"input": len(urls), "kept": 9, "rejected": 2}
+    after_kept, after_rejects = _rows(out / "shards"), _rows(out / "rejects")
+    assert set(after_rejects) == {web.url("/gone.jpg"), web.url("/private/x.jpg")}
+    assert all(after_rejects[u]["reject"] == before_rejects[u]["reject"] for u in after_rejects)
+    for url, row in before_kept.items():  # untouched rows: same uid, same bytes
+        assert after_kept[url]["uid"] == row["uid"] and after_kept[url]["image"] == row["image"]
+    # one new request per retried URL, none for anything else
+    for path in ("/busy-0.jpg", "/busy-1.jpg", "/slow.jpg", "/limited.jpg"):
+        assert after[path] == counts[path] + 1, path
+    for path in ("/ok-0.jpg", "/ok-1.jpg", "/ok-2.jpg", "/ok-3.jpg", "/gone.jpg"):
+        assert after[path] == counts[path] == 1, path
+    assert after.get("/private/x.jpg", 0) == 0
+    assert not (out / "_work" / "retry.json").exists()
+
+
+def test_retry_needs_a_finished_run(tmp_path, capsys):
+    assert curate(["retry", str(tmp_path / "nowhere")]) == 2
+    assert "not a finished run" in capsys.readouterr().err
