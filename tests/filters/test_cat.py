@@ -269,16 +269,46 @@ def test_config_is_validated_and_registered():
     assert (resources.concurrency, resources.batch_size, resources.num_cpus) == (3, 16, 1)
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    import ray
+def test_through_the_pipeline_text_spotting_catches_the_sign_images(tmp_path):
+    """download -> cat_filter on the sample web through run_pipeline (inline executor).
 
-    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
-    yield ray
+    Caption rules are off here so OCR sees every downloaded image: the only pairs it
+    rejects are the sample web's rendered signs whose caption is the sign's text.
+    (The Ray actor path is covered by the next test; see docs/cat.md for why this one
+    is inline.)
+    """
+    import pyarrow.parquet as pq
+
+    from pipelines.recipe import parse_recipe
+    from pipelines.runner import RunOptions, run_pipeline
+    from pipelines.sampleweb import SampleWeb
+
+    recipe, stages = parse_recipe({
+        "name": "cat-test",
+        "input": {"partition_size": 30},
+        "stages": [
+            {"download": {"image_size": 256, "timeout": 5, "allow_private_networks": True}},
+            {"cat_filter": {"min_complexity": 0, "min_actions": 0, "concurrency": 1, "batch_size": 16}},
+        ],
+    })
+    with SampleWeb(n=60, seed=1) as web:
+        pool = web.write_pool(str(tmp_path / "pool.parquet"))
+        manifest = run_pipeline(recipe, stages, pool, str(tmp_path / "out"), RunOptions(inline=True, progress=False))
+
+    rejects = pq.read_table(tmp_path / "out" / "rejects").to_pylist()
+    kept = pq.read_table(tmp_path / "out" / "shards").to_pylist()
+    spotted = {r["uid"] for r in rejects if r["reject"] == "cat:text_spotting"}
+    signs = {r["uid"] for r in rejects + kept if r["sample_kind"] == "text"}
+    assert len(signs) == 4 and spotted == signs
+    assert all(r["reject"].startswith("download:") for r in rejects if r["uid"] not in spotted)
+    assert all(r["cat_ocr_overlap"] is not None and r["cat_ocr_overlap"] < 0.5 for r in kept)
+    cat_entry = next(s for s in manifest["stages"] if s["name"] == "cat")
+    assert cat_entry["reasons"] == {"cat:text_spotting": 4}
+    assert manifest["totals"]["input"] == 60 == manifest["totals"]["kept"] + manifest["totals"]["rejected"]
 
 
-def test_actor_pool_on_ray_matches_inline(cat, ray_session):
-    """The stage pickles without its models and sets itself up inside Ray actors."""
+def test_actor_pool_on_ray_matches_inline(cat, ray_local):
+    """The stage pickles without its models and sets itself up once per Ray actor."""
     import ray.data
 
     captions = ["I love my cat", "a cup of coffee sits on a saucer", "dog", "a red car", "a man riding a horse"]
@@ -299,7 +329,8 @@ def test_actor_pool_on_ray_matches_inline(cat, ray_session):
         Worker, fn_constructor_kwargs={"stage": stage}, concurrency=resources.concurrency,
         batch_size=resources.batch_size, num_cpus=resources.num_cpus, batch_format="pyarrow",
     )
-    got = pa.concat_tables(ray_session.get(ds.to_arrow_refs())).sort_by("uid")
+    got = pa.concat_tables(ray_local.get(ds.to_arrow_refs())).sort_by("uid")
     want = cat(batch)
     assert got.column("reject").to_pylist() == want.column("reject").to_pylist()
+    assert got.column("reject").to_pylist() == ["cat:text_spotting", None, "cat:low_complexity", "cat:no_action", None]
     assert got.column("cat_ocr_overlap").to_pylist() == want.column("cat_ocr_overlap").to_pylist()
