@@ -4,9 +4,25 @@
 ``curate stats OUT`` prints the key numbers. Modules: ``stats`` (polars scans),
 ``plots`` (matplotlib PNGs), ``thumbnails`` (the sampled rows, the only image reads),
 ``report`` (HTML), ``synthetic`` (run outputs for tests and benchmarks).
+
+Imports are lazy so ``curate stats`` does not load matplotlib.
 """
 
-from curation.audit.report import write_report
-from curation.audit.stats import compare_runs, compute_stats, key_numbers, open_run
+from __future__ import annotations
 
-__all__ = ["write_report", "compute_stats", "key_numbers", "compare_runs", "open_run"]
+import importlib
+
+_EXPORTS = {
+    "write_report": "curation.audit.report",
+    "compute_stats": "curation.audit.stats",
+    "key_numbers": "curation.audit.stats",
+    "compare_runs": "curation.audit.stats",
+    "open_run": "curation.audit.stats",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'curation.audit' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -66,7 +66,15 @@ def open_run(out: str | Path) -> Run:
         raise UserError(f"{manifest_path}: not valid JSON ({err})") from None
     shards = _files(out, manifest, "shards")
     rejects = _files(out, manifest, "rejects")
-    return Run(out, manifest, shards, rejects, _schema(shards), _schema(rejects))
+    kept_schema, reject_schema = _schema(shards), _schema(rejects)
+    # an empty side (nothing kept, nothing rejected) takes the other side's columns
+    base = {"uid": pl.String, "url": pl.String, "caption": pl.String, "width": pl.Int32,
+            "height": pl.Int32, "reject": pl.String}
+    if not shards:
+        kept_schema = {**base, "image": pl.Binary, **reject_schema}
+    if not rejects:
+        reject_schema = {k: v for k, v in {**base, **kept_schema}.items() if k != "image"}
+    return Run(out, manifest, shards, rejects, kept_schema, reject_schema)
 
 
 def compute_stats(out: str | Path, *, bins: int = BINS) -> dict:
@@ -218,7 +226,7 @@ def _schema(files: list[Path]) -> dict[str, pl.DataType]:
 
 def _scan(files: list[Path], schema: dict[str, pl.DataType]) -> pl.LazyFrame:
     if not files:
-        return pl.LazyFrame(schema={k: v for k, v in schema.items()} or {"uid": pl.String, "reject": pl.String})
+        return pl.LazyFrame(schema=schema)
     return pl.scan_parquet(files, schema=schema, missing_columns="insert", extra_columns="ignore")
 
 

@@ -263,3 +263,22 @@ def test_shards_with_differing_schemas_scan_together(tmp_path):
     assert stats["totals"]["kept"] == run.manifest["totals"]["kept"]
     assert stats["lang"]["kept"]["(not computed)"] == table.num_rows
     assert stats["quantities"]["cat_has_action"]["kept"]["count"] == run.manifest["totals"]["kept"] - table.num_rows
+
+
+@pytest.mark.parametrize("emptied", ["shards", "rejects"])
+def test_a_run_with_nothing_kept_or_nothing_rejected(tmp_path, emptied):
+    run = write_synthetic_run(tmp_path / "edge", 400, seed=8)
+    for path in (run.out / emptied).glob("*.parquet"):
+        path.unlink()
+    manifest = json.loads((run.out / "manifest.json").read_text())
+    side = "kept" if emptied == "shards" else "rejected"
+    manifest[emptied] = []
+    manifest["totals"][side] = 0
+    manifest["totals"]["input"] = manifest["totals"]["kept"] + manifest["totals"]["rejected"]
+    (run.out / "manifest.json").write_text(json.dumps(manifest))
+    assert curate(["audit", str(run.out)]) == 0
+    stats = json.loads((run.out / "report" / "stats.json").read_text())
+    assert stats["totals"][side] == 0
+    assert stats["totals"]["input"] == manifest["totals"]["input"]
+    cards = (run.out / "report" / "index.html").read_text()
+    assert ("no kept rows" in cards) == (emptied == "shards")

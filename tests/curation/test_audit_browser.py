@@ -8,7 +8,6 @@ test fails, rather than skips, when they are missing.
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import pytest
 
