@@ -175,7 +175,7 @@ def _shares(table: pa.Table, stage: CatFilter, samples) -> dict:
     out = pa.concat_tables([stage(table.slice(i, 64)) for i in range(0, table.num_rows, 64)])
     seconds = time.perf_counter() - start
     reasons = Counter(r for r in out.column("reject").to_pylist() if r and r.startswith("cat:"))
-    by_kind = Counter((s.kind, r) for s, r in zip(samples, out.column("reject").to_pylist()) if r and r.startswith("cat:"))
+    by_kind = Counter((str(s.kind), r) for s, r in zip(samples, out.column("reject").to_pylist()) if r and r.startswith("cat:"))
     cfg = stage.config
     label = f"min_complexity={cfg.min_complexity} min_actions={cfg.min_actions}"
     result = {
