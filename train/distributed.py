@@ -9,8 +9,10 @@ on storage every node can reach when several nodes train).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+from train.checkpoint import STATE_JSON
 from train.trainer import TrainConfig, TrainResult, fit_worker
 
 
@@ -25,9 +27,10 @@ def fit_with_ray(config: TrainConfig) -> TrainResult:
         scaling_config=ScalingConfig(num_workers=config.ray_workers, use_gpu=config.use_gpu),
         run_config=RunConfig(name="train", storage_path=str(output.parent / f".{output.name}.ray")),
     )
-    metrics = trainer.fit().metrics
-    return TrainResult(output=Path(config.output), step=metrics["step"], loss=metrics["loss"],
-                       samples_per_s=metrics["samples_per_s"], wall_s=metrics["wall_s"])
+    trainer.fit()
+    state = json.loads((output / STATE_JSON).read_text())  # rank 0's final summary
+    return TrainResult(output=Path(config.output), step=state["step"], loss=state["loss"],
+                       samples_per_s=state["samples_per_s"], wall_s=state["wall_s"])
 
 
 def _train_loop(loop_config: dict) -> None:
@@ -43,8 +46,6 @@ def _train_loop(loop_config: dict) -> None:
         dist.all_gather_object(everyone, positions)
         return {k: v for part in everyone for k, v in part.items()}
 
-    result = fit_worker(config, rank=context.get_world_rank(), world_size=context.get_world_size(),
+    fit_worker(config, rank=context.get_world_rank(), world_size=context.get_world_size(),
                         device=ray.train.torch.get_device(), wrap=ray.train.torch.prepare_model,
                         gather=gather)
-    ray.train.report({"step": result.step, "loss": result.loss, "samples_per_s": result.samples_per_s,
-                      "wall_s": result.wall_s})

@@ -236,13 +236,15 @@ def fit_worker(config: TrainConfig, *, rank: int = 0, world_size: int = 1, devic
     is_main = rank == 0
     log = open(output / LOG_FILE, "a") if is_main and _mkdir(output) else None
 
-    def save():
+    def save(final: bool = False):
         every = gather(positions) if gather else positions
         if is_main:
+            info = {"loss": last_loss, "total_steps": total_steps, "config": config.model_dump(mode="json")}
+            if final:
+                info.update(samples_per_s=round(samples_total / train_time, 3) if train_time else 0.0,
+                            wall_s=round(time.perf_counter() - started, 3))
             checkpoint.save(output, model=model, config=bundle.config, optimizer=optimizer, step=step,
-                            positions=every, layout=layout, scaler=train_step.scaler,
-                            info={"loss": last_loss, "total_steps": total_steps,
-                                  "config": config.model_dump(mode="json")})
+                            positions=every, layout=layout, scaler=train_step.scaler, info=info)
 
     _set_train_mode(model, config.lock_text)
     last_loss, window_start, window_steps = float("nan"), time.perf_counter(), 0
@@ -275,7 +277,7 @@ def fit_worker(config: TrainConfig, *, rank: int = 0, world_size: int = 1, devic
             save()
         if step >= end_step:
             break
-    save()
+    save(final=True)
     if log is not None:
         log.close()
     return TrainResult(output=output, step=step, loss=last_loss,

@@ -1,0 +1,41 @@
+"""``curate train`` and ``curate eval`` through the real command table."""
+
+from __future__ import annotations
+
+import json
+
+from pipelines.cli import main
+
+
+def test_curate_train_then_eval(shapes_run, micro_config, tmp_path, capsys):
+    out = tmp_path / "ckpt"
+    code = main(["train", "--data", str(shapes_run / "run"), "--model", str(micro_config), "--steps", "3",
+                 "--batch-size", "16", "--output", str(out), "--log-every", "1"])
+    assert code == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[0].startswith("step 1/3")
+    summary = json.loads(printed[-1])
+    assert summary["step"] == 3 and summary["output"] == str(out)
+
+    code = main(["eval", "--model", str(out), "--data", str(shapes_run / "heldout.parquet"),
+                 "--log", str(tmp_path / "eval.jsonl")])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["classes"] == 12 and 0 <= result["zeroshot_top1"] <= 1 and "t2i_recall@10" in result
+    assert json.loads((tmp_path / "eval.jsonl").read_text()) == result
+
+
+def test_user_errors_are_one_line(shapes_run, tmp_path, capsys):
+    code = main(["train", "--data", str(tmp_path / "nothing"), "--steps", "1", "--output", str(tmp_path / "o")])
+    assert code == 2
+    assert "not found" in capsys.readouterr().err
+    code = main(["train", "--data", str(shapes_run / "run"), "--model", "no-such-model", "--steps", "1",
+                 "--output", str(tmp_path / "o")])
+    assert code == 2
+    assert "unknown model 'no-such-model'" in capsys.readouterr().err
+    code = main(["train", "--data", str(shapes_run / "run"), "--steps", "4", "--batch-size", "10",
+                 "--accum", "3", "--output", str(tmp_path / "o")])
+    assert code == 2
+    assert "not divisible" in capsys.readouterr().err
+    code = main(["eval", "--model", "clip-tiny", "--data", str(tmp_path / "missing.parquet")])
+    assert code == 2
