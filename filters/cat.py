@@ -1,7 +1,7 @@
 """CAT filter: caption Complexity, Action, and Text-spotting (DiHT, Radenovic et al., CVPR 2023).
 
-DiHT ("Filtering, Distillation, and Hard Negatives for Vision-Language Pre-Training",
-Sec. 3.1) keeps web pairs whose caption describes a scene (objects with attributes or
+DiHT ("Filtering, Distillation, and Hard Negatives for Vision-Language Pre-Training")
+keeps web pairs whose caption describes a scene (objects with attributes or
 relations, and something happening) and drops pairs whose caption merely transcribes
 the text visible in the image, which teaches a CLIP model to read instead of to see.
 The paper released no filter code; this is one documented, configurable reading of it.
@@ -132,8 +132,7 @@ class CatFilter(Stage):
         batch = set_column(batch, "cat_actions", _scatter(n, todo, measures.actions, parsed, pa.int32()))
         batch = set_column(batch, "cat_ocr_overlap", pa.array(overlap, type=pa.float32(), mask=~measured))
         batch = set_column(batch, "cat_ocr_text", pa.array(ocr_text.tolist(), type=pa.string()))
-        rejected = reasons != None  # noqa: E711 - elementwise test on an object array
-        return reject_rows(batch, rejected, reasons.tolist())
+        return reject_rows(batch, reasons.astype(bool), reasons.tolist())
 
 
 def _scatter(n: int, rows: np.ndarray, values: np.ndarray, present: np.ndarray, dtype: pa.DataType) -> pa.Array:
