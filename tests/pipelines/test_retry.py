@@ -1,5 +1,8 @@
 """``curate retry``: servers that were down during a run come back; only the transiently
-failed samples are fetched again and recovered, every other row stays as it was."""
+failed samples are fetched again and recovered, every other row stays as it was.
+
+Both runs are inline (the runner's resume is the same code on Ray; the download stage on
+Ray is covered by test_download.py and test_runner.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import socket
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from hostile_web import HostileWeb, hang, image, jpeg, status
 from pipelines.cli import main as curate
@@ -27,7 +31,7 @@ def _rows(folder) -> dict[str, dict]:
     return {row["url"]: row for row in pq.read_table(folder).to_pylist()}
 
 
-def test_retry_recovers_only_transient_failures(ray_local, tmp_path, capsys):
+def test_retry_recovers_only_transient_failures(tmp_path, capsys, monkeypatch):
     down_port = _free_port()  # nothing listens here during the first run
     routes = {
         "/robots.txt": image(ROBOTS, "text/plain"),
@@ -43,10 +47,10 @@ def test_retry_recovers_only_transient_failures(ray_local, tmp_path, capsys):
         pool = tmp_path / "pool.parquet"
         pq.write_table(pa.table({"url": urls, "caption": [f"c{i}" for i in range(len(urls))]}), pool)
         recipe, stages = parse_recipe({"input": {"partition_size": 5}, "stages": [{"download": {
-            "image_size": 32, "timeout": 1, "retries": 1, "backoff": 0.01, "max_retry_after": 5,
+            "image_size": 32, "timeout": 2, "retries": 1, "backoff": 0.01, "max_retry_after": 5,
             "private_allowlist": [web.endpoint, f"127.0.0.1:{down_port}"]}}]})
         out = tmp_path / "out"
-        first = run_pipeline(recipe, stages, str(pool), str(out), RunOptions(progress=False))
+        first = run_pipeline(recipe, stages, str(pool), str(out), RunOptions(inline=True, progress=False))
         before_kept, before_rejects = _rows(out / "shards"), _rows(out / "rejects")
         assert {u: r["reject"] for u, r in before_rejects.items()} == {
             web.url("/gone.jpg"): "download:http_4xx",
@@ -68,11 +72,23 @@ def test_retry_recovers_only_transient_failures(ray_local, tmp_path, capsys):
             assert curate(["retry", str(out), "--dry-run"]) == 0
             assert "5 samples failed transiently" in capsys.readouterr().out
             assert (out / "manifest.json").exists()
-            assert curate(["retry", str(out), "--no-progress"]) == 0
+            # interrupted after the phase-1 blocks were rewritten: running it again resumes
+            import pipelines.retry
+
+            def interrupted(*args, **kwargs):
+                raise KeyboardInterrupt
+
+            monkeypatch.setattr(pipelines.retry, "run_pipeline", interrupted)
+            with pytest.raises(KeyboardInterrupt):
+                curate(["retry", str(out), "--inline", "--no-progress"])
+            assert not (out / "manifest.json").exists() and (out / "_work" / "retry.json").exists()
+            monkeypatch.undo()
+            assert curate(["retry", str(out), "--inline", "--no-progress"]) == 0
             assert back.requests["/back.jpg"] == 1
         printed = capsys.readouterr().out
         after = dict(web.requests)
 
+    assert "resuming an interrupted retry" in printed
     assert "retried 5 samples: 5 recovered, 0 failed again" in printed
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["totals"] == {"input": len(urls), "kept": 9, "rejected": 2}
