@@ -18,6 +18,8 @@ a row came from, so the result is the same for any partitioning.
 
 from __future__ import annotations
 
+import hashlib
+from contextlib import contextmanager
 from typing import Callable
 
 import numpy as np
@@ -31,8 +33,8 @@ SCORE = "clip_score"
 LINK_SCHEMA = pa.schema([("uid", pa.string()), ("score", pa.float64()), ("root", pa.string())])
 DUPLICATES_SCHEMA = pa.schema([("uid", pa.string()), ("duplicate_of", pa.string())])
 
-# pairs_fn(bucket sorted by uid) -> (i, j) row-index arrays of verified near-duplicates
-PairsFn = Callable[[pa.Table], tuple[np.ndarray, np.ndarray]]
+# pairs_fn(shard sorted by keys then uid, run starts, run sizes) -> (i, j) verified row pairs
+PairsFn = Callable[[pa.Table, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 def rank_columns(names) -> list[str]:
@@ -53,48 +55,126 @@ def keep_order(uids: np.ndarray, scores: np.ndarray) -> np.ndarray:
     return np.lexsort((uids, -scores))
 
 
-def same_value_pairs(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pairs (row, first row with the same value) and the index of each distinct value's
-    first row. Identical keys need no verification; only the firsts are compared."""
-    _, first, inverse = np.unique(values, axis=0, return_index=True, return_inverse=True)
-    inverse = inverse.reshape(-1)
-    rows = np.arange(len(inverse))
-    heads = first[inverse]
-    dup = rows != heads
-    return rows[dup], heads[dup], np.sort(first)
+def link_buckets(ds, keys: list[str], pairs_fn: PairsFn, shards: int | None = None):
+    """Group rows that share the bucket ``keys`` across the cluster; return star links
+    (a pa.Table with LINK_SCHEMA) collected on the driver.
 
-
-def link_buckets(ds, keys: list[str], pairs_fn: PairsFn):
-    """Group ``ds`` by ``keys`` across the cluster; return the star links of each bucket
-    (a pa.Table with LINK_SCHEMA) collected on the driver."""
+    Buckets are spread over ``shards`` hash shards (Ray Data groupby on the shard id), and
+    each shard finds its buckets with one vectorised sort, so the per-group call overhead
+    is paid per shard, not per bucket. ``pairs_fn(shard, starts, sizes)`` receives the
+    shard sorted by (keys, uid) and the runs of equal keys with two rows or more, and
+    returns verified pairs of row indices. Results do not depend on ``shards``."""
     import ray
 
-    def per_bucket(bucket: pa.Table) -> pa.Table:
-        if bucket.num_rows < 2:
-            return LINK_SCHEMA.empty_table()
-        bucket = bucket.sort_by("uid")
-        i, j = pairs_fn(bucket)
-        return _star_links(bucket, np.asarray(i, np.int64), np.asarray(j, np.int64))
+    if shards is None:
+        shards = max(16, 4 * int(ray.cluster_resources().get("CPU", 1)))
 
-    partitions = max(1, min(200, 2 * int(ray.cluster_resources().get("CPU", 1))))
-    grouped = group_by(ds, keys, partitions).map_groups(per_bucket, batch_format="pyarrow")
-    tables = [t for t in ray.get(grouped.to_arrow_refs()) if t.num_rows]
+    def add_shard(table: pa.Table) -> pa.Table:
+        code = np.zeros(table.num_rows, dtype=np.uint64)
+        with np.errstate(over="ignore"):
+            for key in keys:
+                code = (code ^ _key_code(table.column(key))) * np.uint64(0x9E3779B97F4A7C15)
+        return table.append_column("_shard", pa.array((code >> np.uint64(33)) % np.uint64(shards)))
+
+    def per_shard(shard: pa.Table) -> pa.Table:
+        shard = shard.sort_by([(k, "ascending") for k in keys] + [("uid", "ascending")])
+        change = np.zeros(shard.num_rows, dtype=bool)
+        change[0] = True
+        for key in keys:
+            values = shard.column(key).to_numpy(zero_copy_only=False)
+            change[1:] |= values[1:] != values[:-1]
+        starts = np.flatnonzero(change)
+        sizes = np.diff(np.append(starts, shard.num_rows))
+        multi = sizes > 1
+        if not multi.any():
+            return LINK_SCHEMA.empty_table()
+        i, j = pairs_fn(shard, starts[multi], sizes[multi])
+        return _star_links(shard, np.asarray(i, np.int64), np.asarray(j, np.int64))
+
+    sharded = ds.map_batches(add_shard, batch_format="pyarrow")
+    with sort_shuffle(sharded):
+        grouped = sharded.groupby("_shard", num_partitions=min(shards, 200))
+        tables = collect(grouped.map_groups(per_shard, batch_format="pyarrow"))
     if not tables:
         return LINK_SCHEMA.empty_table()
     return pa.concat_tables([t.select(LINK_SCHEMA.names).cast(LINK_SCHEMA) for t in tables])
 
 
-def group_by(ds, keys, partitions: int):
-    """``ds.groupby`` with the sort-based pull shuffle on this dataset's own context.
+def run_rows(starts: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(row index, run index) of every row inside the given runs."""
+    run = np.repeat(np.arange(len(starts)), sizes)
+    offset = np.arange(sizes.sum()) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    return starts[run] + offset, run
+
+
+def pairs_in_runs(starts: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every pair (a < b) of positions inside each run, vectorised over runs."""
+    out_i, out_j = [], []
+    for gap in range(1, int(sizes.max(initial=1))):
+        has = sizes > gap
+        a, _ = run_rows(starts[has], sizes[has] - gap)  # positions s .. s+size-gap-1
+        out_i.append(a)
+        out_j.append(a + gap)
+    if not out_i:
+        return np.array([], np.int64), np.array([], np.int64)
+    return np.concatenate(out_i), np.concatenate(out_j)
+
+
+def value_pairs(value_ids: np.ndarray, starts: np.ndarray, sizes: np.ndarray, verify) -> tuple[np.ndarray, np.ndarray]:
+    """Verified row pairs inside runs, comparing each distinct value once.
+
+    ``value_ids[row]`` names the row's comparable value (identical ids are duplicates
+    with no check: a star to the value's first row); distinct values that share a run
+    are compared once per pair with ``verify(value_a, value_b) -> bool mask``."""
+    rows, run = run_rows(starts, sizes)
+    vid = value_ids[rows]
+    values, first = np.unique(vid, return_index=True)
+    first_row = np.full(int(values.max()) + 1, -1, dtype=np.int64)
+    first_row[values] = rows[first]
+    same = rows != first_row[vid]
+    pair_i, pair_j = [rows[same]], [first_row[vid[same]]]
+    width = np.int64(values.max()) + 1
+    distinct = np.unique(run.astype(np.int64) * width + vid)  # (run, value) once, sorted
+    d_run, d_vid = distinct // width, distinct % width
+    change = np.ones(len(distinct), dtype=bool)
+    change[1:] = d_run[1:] != d_run[:-1]
+    d_starts = np.flatnonzero(change)
+    d_sizes = np.diff(np.append(d_starts, len(distinct)))
+    a, b = pairs_in_runs(d_starts, d_sizes)
+    if len(a):
+        va, vb = d_vid[a], d_vid[b]  # va < vb within a run (sorted by value)
+        code = np.unique(va * width + vb)
+        va, vb = code // width, code % width
+        ok = np.asarray(verify(va, vb), dtype=bool)
+        pair_i.append(first_row[va[ok]])
+        pair_j.append(first_row[vb[ok]])
+    return np.concatenate(pair_i), np.concatenate(pair_j)
+
+
+@contextmanager
+def sort_shuffle(ds):
+    """Run the groupby of ``ds`` with Ray's sort-based pull shuffle, restoring the
+    setting afterwards (the context is shared by the whole dataset lineage).
 
     Ray's default shuffle starts aggregator actors per call (4-20 s here even for a few
     rows); the sort-based shuffle runs as plain tasks and is 10-50x faster at the sizes a
-    dedup key column has. Only this derived dataset's context is changed."""
+    dedup key column has."""
     from ray.data.context import ShuffleStrategy
 
-    ds = ds.select_columns(ds.columns())
-    ds.context.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
-    return ds.groupby(keys, num_partitions=partitions)
+    context = ds.context
+    previous = context.shuffle_strategy
+    context.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+    try:
+        yield
+    finally:
+        context.shuffle_strategy = previous
+
+
+def collect(ds) -> list[pa.Table]:
+    """The non-empty blocks of ``ds`` as Arrow tables on the driver."""
+    import ray
+
+    return [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
 
 
 def resolve(links: pa.Table) -> pa.Table:
@@ -177,30 +257,38 @@ def summary_of(lookup: DuplicateLookup) -> dict:
 # ------------------------------------------------------------------ private helpers
 
 
-def _star_links(bucket: pa.Table, i: np.ndarray, j: np.ndarray) -> pa.Table:
-    """Local components of the verified pairs, as rows (member, score, smallest-uid root)."""
+def _star_links(shard: pa.Table, i: np.ndarray, j: np.ndarray) -> pa.Table:
+    """Local components of the verified pairs over uids (a uid may sit on several rows),
+    as rows (member uid, score, smallest uid of its component)."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
     if len(i) == 0:
         return LINK_SCHEMA.empty_table()
-    n = bucket.num_rows
-    graph = coo_matrix((np.ones(len(i), np.int8), (i, j)), shape=(n, n))
+    uid = shard.column("uid").to_numpy(zero_copy_only=False).astype(str)
+    used = np.unique(np.concatenate([i, j]))
+    nodes, node_of = np.unique(uid[used], return_inverse=True)
+    lookup = np.full(shard.num_rows, -1, dtype=np.int64)
+    lookup[used] = node_of
+    n = len(nodes)
+    graph = coo_matrix((np.ones(len(i), np.int8), (lookup[i], lookup[j])), shape=(n, n))
     count, component = connected_components(graph, directed=False)
-    size = np.bincount(component, minlength=count)
-    member = np.flatnonzero(size[component] > 1)
     root_of_component = np.full(count, n, dtype=np.int64)
-    np.minimum.at(root_of_component, component, np.arange(n))  # rows are in uid order
-    roots = root_of_component[component[member]]
-    uid = bucket.column("uid")
+    np.minimum.at(root_of_component, component, np.arange(n))  # nodes are sorted uids
+    score = np.full(n, -np.inf)
+    score[node_of] = scores_of(shard)[used]
     return pa.table(
-        {
-            "uid": uid.take(pa.array(member)),
-            "score": pa.array(scores_of(bucket)[member]),
-            "root": uid.take(pa.array(roots)),
-        },
+        {"uid": nodes.tolist(), "score": score, "root": nodes[root_of_component[component]].tolist()},
         schema=LINK_SCHEMA,
     )
+
+
+def _key_code(column) -> np.ndarray:
+    """A uint64 code per key value, for sharding (equal values, equal codes)."""
+    if pa.types.is_integer(column.type):
+        return pc.cast(column, pa.uint64(), safe=False).to_numpy(zero_copy_only=False).astype(np.uint64)
+    text = pc.cast(column, pa.string()).to_pylist()
+    return np.array([int.from_bytes(hashlib.blake2b(v.encode(), digest_size=8).digest(), "big") for v in text], dtype=np.uint64)
 
 
 def _as_bytes(values) -> np.ndarray:

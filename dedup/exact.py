@@ -70,10 +70,11 @@ class ExactDedup(GlobalStage):
         return "pixel_hash" if self.config.key == "pixels" else "image_sha256"
 
 
-def _all_linked(bucket: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+def _all_linked(shard: pa.Table, starts: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Every member of an exact-hash bucket is the same image: link each to the first."""
-    rest = np.arange(1, bucket.num_rows)
-    return rest, np.zeros_like(rest)
+    rows, run = _groups.run_rows(starts, sizes)
+    rest = rows != starts[run]
+    return rows[rest], starts[run][rest]
 
 
 def _pixel_sha256(data: bytes) -> str | None:

@@ -105,14 +105,21 @@ class MinHashDedup(GlobalStage):
             out = out.append_column("band", pa.array(np.tile(np.arange(width, dtype=np.int32), table.num_rows)))
             return out.append_column("bucket", bands.flatten())
 
-        def near_pairs(bucket: pa.Table):
-            if not verify:
-                rest = np.arange(1, bucket.num_rows)
-                return rest, np.zeros_like(rest)
-            texts = np.array([_normalise(c) for c in bucket.column("caption").to_pylist()], dtype=str)
-            same_i, same_j, heads = _groups.same_value_pairs(texts)
-            near_i, near_j = _jaccard_pairs([shingles(t, ngram, size) for t in texts[heads]], threshold)
-            return np.concatenate([same_i, heads[near_i]]), np.concatenate([same_j, heads[near_j]])
+        def near_pairs(shard: pa.Table, starts: np.ndarray, sizes: np.ndarray):
+            rows, run = _groups.run_rows(starts, sizes)
+            if not verify:  # LSH alone: every bucket member links to the bucket's first row
+                rest = rows != starts[run]
+                return rows[rest], starts[run][rest]
+            captions = shard.column("caption").take(pa.array(rows)).to_pylist()
+            texts, inverse = np.unique(np.array([_normalise(c) for c in captions], dtype=str), return_inverse=True)
+            value_ids = np.full(shard.num_rows, -1, dtype=np.int64)
+            value_ids[rows] = inverse.reshape(-1)
+            matrix = _shingle_matrix([shingles(t, ngram, size) for t in texts])
+
+            def similar(a, b):
+                return _jaccard_at_least(matrix, a, b, threshold)
+
+            return _groups.value_pairs(value_ids, starts, sizes, similar)
 
         exploded = ds.map_batches(explode, batch_format="pyarrow")
         links = _groups.link_buckets(exploded, ["band", "bucket"], near_pairs)
@@ -176,26 +183,18 @@ def _band_keys(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
     return keys
 
 
-def _jaccard_pairs(sets: list[set[str]], threshold: float, chunk: int = 2048):
-    """Pairs i < j with exact Jaccard >= threshold, via a sparse shingle-incidence product."""
+def _shingle_matrix(sets: list[set[str]]):
+    """Binary CSR incidence matrix (texts x shingles)."""
     from scipy.sparse import csr_matrix
 
-    n = len(sets)
-    if n < 2:
-        return np.array([], np.int64), np.array([], np.int64)
     vocabulary: dict[str, int] = {}
     indices = [vocabulary.setdefault(s, len(vocabulary)) for shingle_set in sets for s in shingle_set]
-    sizes = np.array([len(s) for s in sets], dtype=np.int64)
-    indptr = np.concatenate([[0], np.cumsum(sizes)])
-    matrix = csr_matrix((np.ones(len(indices), np.int32), indices, indptr), shape=(n, len(vocabulary)))
-    rows_i, rows_j = [], []
-    for start in range(0, n, chunk):
-        inter = (matrix[start : start + chunk] @ matrix.T).tocoo()
-        i = inter.row + start
-        j = inter.col
-        keep = i < j
-        i, j, common = i[keep], j[keep], inter.data[keep]
-        similar = common >= threshold * (sizes[i] + sizes[j] - common) - 1e-9
-        rows_i.append(i[similar])
-        rows_j.append(j[similar])
-    return np.concatenate(rows_i).astype(np.int64), np.concatenate(rows_j).astype(np.int64)
+    indptr = np.concatenate([[0], np.cumsum([len(s) for s in sets])])
+    return csr_matrix((np.ones(len(indices), np.float32), indices, indptr), shape=(len(sets), max(1, len(vocabulary))))
+
+
+def _jaccard_at_least(matrix, a: np.ndarray, b: np.ndarray, threshold: float) -> np.ndarray:
+    """Exact Jaccard(row a, row b) >= threshold for each pair, vectorised."""
+    sizes = np.diff(matrix.indptr)
+    common = np.asarray(matrix[a].multiply(matrix[b]).sum(axis=1)).ravel()
+    return common >= threshold * (sizes[a] + sizes[b] - common) - 1e-9

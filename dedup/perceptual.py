@@ -78,11 +78,14 @@ class PerceptualDedup(GlobalStage):
 
         max_distance = self.config.max_distance
 
-        def near_pairs(bucket: pa.Table):
-            values = np.stack([bucket.column(k).to_numpy(zero_copy_only=False).astype(np.uint64) for k in kinds], 1)
-            same_i, same_j, heads = _groups.same_value_pairs(values)
-            near_i, near_j = _pairs_within(values[heads], max_distance)
-            return np.concatenate([same_i, heads[near_i]]), np.concatenate([same_j, heads[near_j]])
+        def near_pairs(shard: pa.Table, starts: np.ndarray, sizes: np.ndarray):
+            values = np.stack([shard.column(k).to_numpy(zero_copy_only=False).astype(np.uint64) for k in kinds], 1)
+            distinct, value_ids = np.unique(values, axis=0, return_inverse=True)
+
+            def within(a, b):
+                return (hamming(distinct[a], distinct[b]) <= max_distance).all(axis=1)
+
+            return _groups.value_pairs(value_ids.reshape(-1), starts, sizes, within)
 
         exploded = ds.map_batches(explode, batch_format="pyarrow")
         links = _groups.link_buckets(exploded, ["band", "bucket"], near_pairs)
@@ -136,22 +139,3 @@ def _band_layout(max_distance: int) -> list[tuple[int, int]]:
     widths = [HASH_BITS // count + (1 if i < HASH_BITS % count else 0) for i in range(count)]
     shifts = np.cumsum([0, *widths[:-1]])
     return [(int(s), int(w)) for s, w in zip(shifts, widths)]
-
-
-def _pairs_within(values: np.ndarray, max_distance: int, chunk: int = 1024):
-    """Pairs i < j of distinct hash rows within max_distance on every hash column."""
-    rows_i, rows_j = [], []
-    n = len(values)
-    for start in range(0, n, chunk):
-        block = values[start : start + chunk]
-        near = np.ones((len(block), n), dtype=bool)
-        for column in range(values.shape[1]):
-            near &= hamming(block[:, None, column], values[None, :, column]) <= max_distance
-        i, j = np.nonzero(near)
-        i += start
-        keep = i < j
-        rows_i.append(i[keep])
-        rows_j.append(j[keep])
-    if not rows_i:
-        return np.array([], np.int64), np.array([], np.int64)
-    return np.concatenate(rows_i), np.concatenate(rows_j)

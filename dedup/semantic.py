@@ -66,7 +66,7 @@ class SemanticDedup(GlobalStage):
             draws = unit_hash(table.column("uid").to_pylist(), "semdedup", seed)
             return table.filter(pa.array(draws < fraction)).select(["uid", EMBEDDING])
 
-        fit_rows = pa.concat_tables(_collect(ds.map_batches(sample, batch_format="pyarrow"))).sort_by("uid")
+        fit_rows = pa.concat_tables(_groups.collect(ds.map_batches(sample, batch_format="pyarrow"))).sort_by("uid")
         centroids = _spherical_kmeans(embeddings(fit_rows), k, cfg.kmeans_iterations, seed)
         self._clusters = len(centroids)
 
@@ -87,10 +87,10 @@ class SemanticDedup(GlobalStage):
                 schema=_groups.DUPLICATES_SCHEMA,
             )
 
-        partitions = max(1, min(k, 200))
         assigned = ds.map_batches(assign, batch_format="pyarrow")
-        removed = _groups.group_by(assigned, "cluster", partitions).map_groups(per_cluster, batch_format="pyarrow")
-        tables = [t.cast(_groups.DUPLICATES_SCHEMA) for t in _collect(removed)]
+        with _groups.sort_shuffle(assigned):
+            grouped = assigned.groupby("cluster", num_partitions=max(1, min(k, 200)))
+            tables = [t.cast(_groups.DUPLICATES_SCHEMA) for t in _groups.collect(grouped.map_groups(per_cluster, batch_format="pyarrow"))]
         duplicates = pa.concat_tables(tables) if tables else _groups.DUPLICATES_SCHEMA.empty_table()
         self._duplicates = _groups.DuplicateLookup(duplicates)
 
@@ -172,9 +172,3 @@ def _spherical_kmeans(points: np.ndarray, k: int, iterations: int, seed: int) ->
             break
         centroids = new
     return centroids.double().numpy()
-
-
-def _collect(ds) -> list[pa.Table]:
-    import ray
-
-    return [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
