@@ -34,6 +34,7 @@ from pydantic import Field, field_validator
 from pipelines.stage import Resources, Stage, StageConfig, kept_mask, reject_rows, set_column
 
 DIRECTIVES = ("noai", "noimageai", "noindex", "noimageindex")
+IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"RIFF", b"BM", b"II*\x00", b"MM\x00*", b"\x00\x00\x00")
 
 
 class DownloadConfig(StageConfig):
@@ -196,13 +197,22 @@ def _check_image(data: bytes, max_pixels: int, max_area: float) -> str | None:
 
 
 def looks_like_text(data: bytes) -> bool:
-    """HTML, JSON or plain text (an error page served with an image content type)."""
-    head = data[:512].lstrip()
-    if not head:
+    """HTML, JSON or plain text (an error page served with an image content type): the
+    head is valid UTF-8 without control characters, or nearly all printable ASCII. Random
+    or corrupt binary is neither (it is a decode_error)."""
+    head = data[:512]
+    if head.startswith(IMAGE_MAGIC):
+        return False
+    if not head.strip():
         return True
-    if head[:1] in (b"<", b"{", b"[") or head.startswith(b"\xef\xbb\xbf"):
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as err:
+        text = head[:err.start].decode("utf-8") if err.start >= len(head) - 3 else None
+    if text is not None and not any(ord(c) < 32 and c not in "\t\n\r\f" for c in text):
         return True
-    return all(32 <= b < 127 or b in (9, 10, 13) for b in head[:256])
+    printable = sum(32 <= b < 127 or b in (9, 10, 13) for b in head)
+    return printable >= 0.9 * len(head)
 
 
 def is_truncated(data: bytes) -> bool:
