@@ -26,8 +26,8 @@ without image bytes as ``clip_score:missing_image``.
 Throughput: one actor per GPU (or CPU actors) holds the model; inside it a thread
 pool decodes, preprocesses (open_clip's own transform) and tokenizes the rows of the
 next forward pass while the model runs the current one (PIL and torch release the GIL
-for the heavy parts). Inference is batched, under fp16/bf16 autocast on GPU, where the
-threads stop at uint8 pixels and ToTensor + Normalize run on the device.
+for the heavy parts). The threads stop at uint8 pixels; ToTensor + Normalize run
+batched on the model's device. Inference is batched, under fp16/bf16 autocast on GPU.
 """
 
 from __future__ import annotations
@@ -110,6 +110,8 @@ class ClipScore(GlobalStage):
 
     def resources(self) -> Resources:
         cfg: ClipScoreConfig = self.config
+        if self._fit_done:  # keep_top, after fit: comparing stored scores needs no model
+            return Resources(num_cpus=1.0, batch_size=cfg.batch_size * cfg.batches_per_task)
         return Resources(
             num_cpus=cfg.num_cpus,
             num_gpus=1.0 if _device(cfg.device).type == "cuda" else 0.0,
@@ -120,17 +122,8 @@ class ClipScore(GlobalStage):
     # ------------------------------------------------------------------------ work
 
     def setup(self) -> None:
-        cfg: ClipScoreConfig = self.config
-        device = _device(cfg.device)
-        precision = cfg.precision if cfg.precision != "auto" else ("fp16" if device.type == "cuda" else "fp32")
-        clip = load_clip(cfg.model, cfg.pretrained, device=device)
-        workers = cfg.decode_workers or max(1, int(cfg.num_cpus))
-        transform, normalize = clip.preprocess, None
-        if device.type == "cuda":
-            transform, normalize = _split_transform(clip.preprocess, device)
-        self._runtime = _Runtime(
-            clip, device, precision, ThreadPoolExecutor(workers, thread_name_prefix="clip-decode"), transform, normalize
-        )
+        if not self._fit_done:  # the fitted keep_top pass compares stored scores: no model
+            self._runtime = self._load()
 
     def prepare(self, batch: pa.Table) -> pa.Table:
         """Global mode, pass 1: score every batch (streaming), no threshold yet."""
@@ -144,13 +137,9 @@ class ClipScore(GlobalStage):
         ``max(1, int(n * keep_top))``-th largest, so exactly that many pairs pass
         (plus ties). Partition-independent: it is a function of the score multiset.
         """
-        columns = ["clip_score"] + (["reject"] if "reject" in ds.schema().names else [])
         parts = [np.empty(0, np.float32)]
-        for part in ds.select_columns(columns).iter_batches(batch_format="pyarrow", batch_size=None):
-            score = part.column("clip_score")
-            if "reject" in part.column_names:
-                score = score.filter(pc.is_null(part.column("reject")))
-            parts.append(score.drop_null().to_numpy().astype(np.float32, copy=False))
+        for part in ds.select_columns(["clip_score"]).iter_batches(batch_format="pyarrow", batch_size=None):
+            parts.append(part.column("clip_score").drop_null().to_numpy().astype(np.float32, copy=False))
         scores = np.concatenate(parts)
         n = scores.size
         if n:
@@ -205,9 +194,21 @@ class ClipScore(GlobalStage):
 
     # ----------------------------------------------------------------------- scoring
 
+    def _load(self) -> _Runtime:
+        cfg: ClipScoreConfig = self.config
+        device = _device(cfg.device)
+        precision = cfg.precision if cfg.precision != "auto" else ("fp16" if device.type == "cuda" else "fp32")
+        clip = load_clip(cfg.model, cfg.pretrained, device=device)
+        workers = cfg.decode_workers or max(1, int(cfg.num_cpus))
+        transform, normalize = _split_transform(clip.preprocess, device)
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="clip-decode")
+        return _Runtime(clip, device, precision, pool, transform, normalize)
+
     def _score(self, batch: pa.Table) -> pa.Table:
         """Add the score (and embedding) columns for kept rows; reject undecodable ones."""
         self.ensure_setup()
+        if self._runtime is None:  # a fitted stage given unscored batches
+            self._runtime = self._load()
         adds = self.adds
         keep = kept_mask(batch)
         has_image = pc.is_valid(batch.column("image")).to_numpy(zero_copy_only=False)
@@ -297,7 +298,7 @@ class _Runtime:
         model = self.clip.model
         with torch.inference_mode(), self._autocast():
             pixels = pixels.to(self.device, non_blocking=True)
-            if self.normalize is not None:  # uint8 crossed the bus; ToTensor + Normalize here
+            if self.normalize is not None:  # the threads made uint8; ToTensor + Normalize here
                 mean, std = self.normalize
                 pixels = (pixels.float() / 255.0 - mean) / std
             image = model.encode_image(pixels)
@@ -321,9 +322,11 @@ def _decode(preprocess, data: bytes) -> torch.Tensor | None:
 
 
 def _split_transform(preprocess, device: torch.device):
-    """On GPU, end the CPU transform at uint8 pixels and do ToTensor + Normalize on the
-    device: 4x fewer bytes to copy and less work in the decode threads. Falls back to
-    the whole transform when it does not end with ToTensor, Normalize."""
+    """End the threads' transform at uint8 pixels; ToTensor + Normalize run batched on
+    the model's device (the same arithmetic). On GPU: 4x fewer bytes over the bus; on
+    CPU: no torch kernels in the decode threads competing with the model's thread
+    pool. Falls back to the whole transform when it does not end with ToTensor,
+    Normalize."""
     steps = list(getattr(preprocess, "transforms", []))
     if len(steps) < 2 or not isinstance(steps[-2], ToTensor) or not isinstance(steps[-1], Normalize):
         return preprocess, None

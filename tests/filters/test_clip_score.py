@@ -226,6 +226,7 @@ def test_keep_top_is_a_global_datacomp_cut(checkpoint, ray_local):
     kept = prepared.filter(prepared.column("reject").is_null())
     stage.fit(ray.data.from_arrow([kept.slice(0, 10), kept.slice(10)]))
     shipped = pickle.loads(pickle.dumps(stage))  # the runner ships the fitted stage to workers
+    assert shipped.resources().num_gpus == 0 and shipped._runtime is None
     out = pa.concat_tables([shipped(prepared.slice(0, 20)), shipped(prepared.slice(20))])
 
     scores = kept.column("clip_score").to_numpy()
@@ -237,6 +238,7 @@ def test_keep_top_is_a_global_datacomp_cut(checkpoint, ray_local):
     assert reasons.count("clip_score:below_threshold") == 28
     assert stage.summary()["threshold"] == pytest.approx(min(scores[np.argsort(-scores)[:11]]))
     assert stage.stats()["histogram"].column("pairs").to_numpy().sum() == 39
+    assert shipped._runtime is None  # thresholding stored scores loaded no model
     kept_uids = [int(u[1:]) for u in survivors]
     assert np.mean(mismatched[kept_uids]) < 0.5  # the cut keeps mostly matched pairs
 
