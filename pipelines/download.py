@@ -1,8 +1,9 @@
 """The download stage: URL -> encoded image bytes, with a reason for every failure.
 
 img2dataset stays the engine for what it does well: its Resizer (resize modes, re-encoding,
-min size / max area / max aspect ratio) and its ``X-Robots-Tag`` parser. The fetch itself
-is ``pipelines.fetch``: robots.txt and ``X-Robots-Tag`` opt-outs honoured before the
+min size / max area / max aspect ratio; loaded without the img2dataset package, which
+imports torch) and its ``X-Robots-Tag`` rules. The fetch itself is ``pipelines.fetch``
+(img2dataset's ``urllib.urlopen`` cannot check an address after DNS or a redirect): robots.txt and ``X-Robots-Tag`` opt-outs honoured before the
 body is read, per-host concurrency and spacing, ``Retry-After``, bounded retries for
 transient failures only, and refusal of private, loopback, link-local and metadata
 addresses after DNS and after every redirect. Around both, this stage adds a batch
@@ -19,8 +20,11 @@ aspect_ratio. ``curate retry OUT`` re-fetches the transient ones.
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import math
+import os
+import sys
 import time
 import warnings
 from collections import Counter
@@ -88,12 +92,10 @@ class Download(Stage):
         return Resources(num_cpus=1, batch_size=self.config.batch_size)
 
     def setup(self) -> None:
-        from img2dataset.resizer import Resizer
-
         from pipelines.fetch import Fetcher, FetchPolicy
 
         c = self.config
-        self._resizer = Resizer(
+        self._resizer = _resizer_class()(
             image_size=c.image_size, resize_mode=c.resize_mode, resize_only_if_bigger=c.resize_only_if_bigger,
             encode_format=c.encode_format, encode_quality=c.encode_quality if c.encode_format != "png" else 9,
             min_image_size=c.min_image_size, max_aspect_ratio=c.max_aspect_ratio, max_image_area=c.max_image_area,
@@ -235,6 +237,35 @@ def _interleave_hosts(urls: list[str], rows: np.ndarray) -> list[int]:
         keyed.append((seen[host], int(i)))
         seen[host] += 1
     return [i for _, i in sorted(keyed)]
+
+
+def _resizer_class() -> type:
+    """img2dataset's Resizer, without importing the img2dataset package.
+
+    ``img2dataset/__init__`` imports its whole CLI (writers -> webdataset -> torch): 4-8 s
+    at every worker start, for nothing a download needs. ``resizer.py`` itself needs only
+    cv2, albumentations and numpy and has no package-relative import, so that one file is
+    loaded on its own; if a future img2dataset changes that, the plain import is used.
+    """
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no PyPI request per worker start
+    loaded = sys.modules.get("img2dataset.resizer") or sys.modules.get(_RESIZER_MODULE)
+    if loaded is not None:
+        return loaded.Resizer
+    try:
+        package = importlib.util.find_spec("img2dataset")  # finds, does not run __init__
+        spec = importlib.util.spec_from_file_location(
+            _RESIZER_MODULE, os.path.join(package.submodule_search_locations[0], "resizer.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    except ImportError:
+        from img2dataset.resizer import Resizer
+
+        return Resizer
+    sys.modules[_RESIZER_MODULE] = module
+    return module.Resizer
+
+
+_RESIZER_MODULE = "_clipcurate_img2dataset_resizer"
 
 
 def _endpoint(text: str) -> str:

@@ -12,7 +12,7 @@ so one fetch here is a small state machine on ``http.client``:
 - opt-out: robots.txt per host, fetched once per worker and cached (RFC 9309:
   a 4xx robots.txt allows everything, an unreachable one disallows, here as a
   transient failure of the row), and ``X-Robots-Tag`` read from the response
-  headers **before the body** with img2dataset's own ``is_disallowed``;
+  headers **before the body**, parsed as img2dataset's ``is_disallowed`` does;
 - politeness: per-host concurrency and minimum interval between request starts,
   bounded retries only for transient failures with full-jitter exponential backoff
   (AWS architecture blog, "Exponential Backoff And Jitter"), ``Retry-After``
@@ -58,6 +58,21 @@ def is_transient(reason: str) -> bool:
     if reason == "connect=tls":
         return False
     return reason == "http_4xx=429" or reason.split("=", 1)[0] in TRANSIENT_CATEGORIES
+
+
+def is_disallowed(headers, user_agent_token: str, directives: set[str]) -> bool:
+    """``X-Robots-Tag`` opt-out, with the behaviour of img2dataset's ``is_disallowed``
+    (``img2dataset.downloader``; that module cannot be imported without the img2dataset
+    package, which loads torch): each header value is ``[token:] directive, ...``; it
+    applies when it names no token or ours; any listed directive opts out. A test checks
+    both functions agree."""
+    for value in headers.get_all("X-Robots-Tag") or []:
+        parts = value.split(":", 1)
+        named = parts[0].lower() if len(parts) == 2 else None
+        if (named is None or named == user_agent_token) and any(
+                d.strip().lower() in directives for d in parts[-1].split(",")):
+            return True
+    return False
 
 
 class FetchError(Exception):
@@ -114,9 +129,6 @@ class Fetcher:
         self._idle: dict[tuple, list[http.client.HTTPConnection]] = {}
         self._lock = threading.Lock()
         self._ssl = ssl.create_default_context()
-        from img2dataset.downloader import is_disallowed  # imported here: img2dataset loads cv2
-
-        self._is_disallowed = is_disallowed
 
     # ---------------------------------------------------------------- public
 
@@ -244,7 +256,7 @@ class Fetcher:
         raise FetchError("connect")  # pragma: no cover - the loop returns or raises
 
     def _check_headers(self, response: http.client.HTTPResponse) -> None:
-        if self._directives and self._is_disallowed(response.msg, self._token, self._directives):
+        if self._directives and is_disallowed(response.msg, self._token, self._directives):
             raise FetchError("opt_out", "x_robots_tag")
         kind = (response.getheader("Content-Type") or "").split(";", 1)[0].strip().lower()
         if not (kind.startswith("image/") and kind != "image/svg+xml") and kind not in IMAGE_TYPES_OTHER:

@@ -206,3 +206,21 @@ def test_allowlist_entries_are_validated_with_the_recipe_key():
         parse_recipe({"stages": [{"download": {"private_allowlist": ["localhost:80"]}}]})
     _, (stage,) = parse_recipe({"stages": [{"download": {"private_allowlist": ["[::1]:8080", "127.0.0.1:80"]}}]})
     assert stage.config.private_allowlist == ["[::1]:8080", "127.0.0.1:80"]
+
+
+def test_x_robots_tag_parsing_matches_img2dataset():
+    from email.message import Message
+
+    from img2dataset.downloader import is_disallowed as theirs
+
+    from pipelines.fetch import is_disallowed as ours
+
+    directives = {"noai", "noimageai", "noindex", "noimageindex"}
+    cases = [[], ["noai"], ["NoImageAI"], ["nofollow"], ["noarchive, noindex"], ["clipcurate: noai"],
+             ["otherbot: noai"], ["otherbot: noai", "nofollow"], ["otherbot: noai", "clipcurate: noindex"],
+             ["unavailable_after: 25 Jun 2010 15:00:00 PST"], ["clipcurate: all"], [""]]
+    for values in cases:
+        headers = Message()
+        for value in values:
+            headers["X-Robots-Tag"] = value
+        assert ours(headers, "clipcurate", directives) == theirs(headers, "clipcurate", directives), values
