@@ -3,10 +3,11 @@
 Every dedup kind follows the same three passes (datatrove's MinHash dedup, NeMo
 Curator's fuzzy workflow: signatures -> LSH buckets -> connected components):
 
-1. ``link_buckets``: rows that share a bucket key are grouped across the cluster with
-   Ray Data ``groupby(...).map_groups``; inside one bucket a kind-specific function
-   returns the verified pairs, and the bucket emits a spanning star (member -> root)
-   of its local components, so a bucket of k copies costs k rows, not k² pairs.
+1. ``link_buckets``: rows that share a bucket key meet in one hash shard (Ray Data
+   ``groupby`` on the shard id, ``map_groups`` once per shard); the shard finds its
+   buckets with one sort, compares each distinct value pair once with a kind-specific
+   check, and emits a spanning star (member -> root) of its local components, so a
+   bucket of k copies costs k rows, not k² pairs.
 2. ``resolve``: union-find (scipy connected components) over all links on the driver.
 3. The keep rule picks one survivor per group, deterministically: highest
    ``clip_score`` when that column exists (nulls last), then smallest uid. Every other

@@ -90,7 +90,8 @@ class SemanticDedup(GlobalStage):
         assigned = ds.map_batches(assign, batch_format="pyarrow")
         with _groups.sort_shuffle(assigned):
             grouped = assigned.groupby("cluster", num_partitions=max(1, min(k, 200)))
-            tables = [t.cast(_groups.DUPLICATES_SCHEMA) for t in _groups.collect(grouped.map_groups(per_cluster, batch_format="pyarrow"))]
+            removed = grouped.map_groups(per_cluster, batch_format="pyarrow")
+            tables = [t.cast(_groups.DUPLICATES_SCHEMA) for t in _groups.collect(removed)]
         duplicates = pa.concat_tables(tables) if tables else _groups.DUPLICATES_SCHEMA.empty_table()
         self._duplicates = _groups.DuplicateLookup(duplicates)
 
