@@ -36,6 +36,7 @@ import threading
 import time
 import urllib.parse
 import urllib.robotparser
+from collections import OrderedDict
 from dataclasses import dataclass
 
 # The failure ledger (the stage writes "download:<category>[=detail]").
@@ -48,6 +49,9 @@ IMAGE_TYPES_OTHER = frozenset({"application/octet-stream", "binary/octet-stream"
 ROBOTS_MAX_BYTES = 500 * 1024  # RFC 9309 2.5: parse at least 500 KiB
 ROBOTS_FAILURE_TTL = 30.0  # seconds an unreachable robots.txt is remembered before asking again
 CHUNK = 1 << 16
+MAX_HOSTS = 20_000  # per-host state (robots.txt, gates) kept per worker
+MAX_IDLE_CONNECTIONS = 128  # kept-alive sockets per worker, all hosts together
+IDLE_SECONDS = 20.0  # servers close idle keep-alive connections; do not reuse older ones
 METADATA_HOSTS = frozenset({"169.254.169.254", "fd00:ec2::254", "100.100.100.200", "169.254.170.2"})
 
 
@@ -125,8 +129,10 @@ class Fetcher:
         self.policy = policy
         self._token = policy.user_agent_token.strip().lower()
         self._directives = {d.strip().lower() for d in policy.disallowed_header_directives}
-        self._hosts: dict[tuple[str, str, int], _Host] = {}
-        self._idle: dict[tuple, list[http.client.HTTPConnection]] = {}
+        # both bounded: a long crawl meets millions of hosts (least recently used go first)
+        self._hosts: OrderedDict[tuple[str, str, int], _Host] = OrderedDict()
+        self._idle: OrderedDict[tuple, list[tuple[http.client.HTTPConnection, float]]] = OrderedDict()
+        self._idle_count = 0
         self._lock = threading.Lock()
         self._ssl = ssl.create_default_context()
 
@@ -159,9 +165,9 @@ class Fetcher:
 
     def close(self) -> None:
         with self._lock:
-            idle, self._idle = self._idle, {}
+            idle, self._idle, self._idle_count = self._idle, OrderedDict(), 0
         for conns in idle.values():
-            for conn in conns:
+            for conn, _ in conns:
                 conn.close()
 
     # ---------------------------------------------------------------- one attempt
@@ -237,7 +243,7 @@ class Fetcher:
         finally:
             host.release()
 
-    def _send(self, host: "_Host", parts, address: str, limit: float):
+    def _send(self, host: "_Host", parts, address: tuple[str, ...], limit: float):
         path = parts.path or "/"
         if parts.query:
             path += "?" + parts.query
@@ -285,25 +291,22 @@ class Fetcher:
 
     # ---------------------------------------------------------------- connections
 
-    def _connection(self, host: "_Host", address: str, limit: float, reuse: bool):
+    def _connection(self, host: "_Host", address: tuple[str, ...], limit: float, reuse: bool):
         key = (host.key, address)
         timeout = max(0.001, limit - time.monotonic())
         if reuse:
-            with self._lock:
-                idle = self._idle.get(key)
-                conn = idle.pop() if idle else None
-            if conn is not None and conn.sock is not None:
+            conn = self._take_idle(key)
+            if conn is not None:
                 conn.sock.settimeout(timeout)
                 conn._clipcurate_reused = True
-                return conn
-            return None
+            return conn
         scheme, hostname, port = host.key
         if scheme == "https":
             conn = http.client.HTTPSConnection(hostname, port, timeout=timeout, context=self._ssl)
         else:
             conn = http.client.HTTPConnection(hostname, port, timeout=timeout)
         # connect to the address that passed the safety check, not a fresh DNS answer
-        conn._create_connection = lambda _addr, t, source: socket.create_connection((address, port), t, source)
+        conn._create_connection = lambda _addr, t, source: _connect_any(address, port, t, source)
         conn._clipcurate_reused = False
         return conn
 
@@ -323,29 +326,60 @@ class Fetcher:
             conn.close()
             return
         key = (host.key, address)
+        evicted = None
         with self._lock:
             idle = self._idle.setdefault(key, [])
-            if len(idle) < self.policy.host_concurrency:
-                idle.append(conn)
-                return
-        conn.close()
+            self._idle.move_to_end(key)
+            if len(idle) >= self.policy.host_concurrency:
+                evicted = conn
+            else:
+                idle.append((conn, time.monotonic()))
+                self._idle_count += 1
+                if self._idle_count > MAX_IDLE_CONNECTIONS:
+                    oldest_key, oldest = next(iter(self._idle.items()))
+                    evicted = oldest.pop(0)[0]
+                    self._idle_count -= 1
+                    if not oldest:
+                        del self._idle[oldest_key]
+        if evicted is not None:
+            evicted.close()
+
+    def _take_idle(self, key):
+        """A kept-alive connection to this host, unless the server has likely closed it."""
+        stale = []
+        conn = None
+        with self._lock:
+            idle = self._idle.get(key)
+            while idle:
+                candidate, since = idle.pop()
+                self._idle_count -= 1
+                if time.monotonic() - since < IDLE_SECONDS and candidate.sock is not None:
+                    conn = candidate
+                    break
+                stale.append(candidate)
+            if idle is not None and not idle:
+                del self._idle[key]
+        for old in stale:
+            old.close()
+        return conn
 
     # ---------------------------------------------------------------- safety
 
-    def _resolve(self, parts: urllib.parse.SplitResult) -> str:
-        """One checked address of the URL's host; refuses private networks unless allowed."""
+    def _resolve(self, parts: urllib.parse.SplitResult) -> tuple[str, ...]:
+        """The checked addresses of the URL's host (connections try them in order, as
+        ``socket.create_connection`` does); refuses private networks unless allowed."""
         port = parts.port or (443 if parts.scheme == "https" else 80)
         try:
             infos = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
         except (socket.gaierror, UnicodeError, OSError):
             raise FetchError("dns") from None
-        addresses = [info[4][0] for info in infos]
+        addresses = tuple(dict.fromkeys(info[4][0] for info in infos))
         if not addresses:
             raise FetchError("dns")
         for address in addresses:
             if not self._address_allowed(address, port):
                 raise FetchError("private_address")
-        return addresses[0]
+        return addresses
 
     def _address_allowed(self, address: str, port: int) -> bool:
         if self.policy.allow_private_networks:
@@ -365,6 +399,10 @@ class Fetcher:
             host = self._hosts.get(key)
             if host is None:
                 host = self._hosts[key] = _Host(key, self.policy.host_concurrency, self.policy.host_min_interval)
+                if len(self._hosts) > MAX_HOSTS:
+                    self._hosts.popitem(last=False)
+            else:
+                self._hosts.move_to_end(key)
         return host
 
     def _robots(self, host: "_Host", parts, deadline: float) -> urllib.robotparser.RobotFileParser:
@@ -443,6 +481,16 @@ class _Host:
         """Retry-After applies to the host, not only to the one URL that got it."""
         with self._lock:
             self._next_start = max(self._next_start, when)
+
+
+def _connect_any(addresses: tuple[str, ...], port: int, timeout: float, source) -> socket.socket:
+    error: OSError = OSError("no address")
+    for address in addresses:
+        try:
+            return socket.create_connection((address, port), timeout, source)
+        except OSError as err:
+            error = err
+    raise error
 
 
 def _split(url: str) -> urllib.parse.SplitResult:

@@ -73,7 +73,7 @@ def drip(body: bytes, every: float = 0.2, content_type: str = "image/jpeg"):
 class HostileWeb:
     """``with HostileWeb({"/a.jpg": image(jpeg()), ...}) as web: web.url("/a.jpg")``."""
 
-    def __init__(self, routes: dict | None = None, port: int = 0):
+    def __init__(self, routes: dict | None = None, port: int = 0, tls: tuple[str, str] | None = None):
         self.routes = dict(routes or {})
         self.requests: Counter[str] = Counter()
         self.starts: dict[str, list[float]] = defaultdict(list)
@@ -83,6 +83,14 @@ class HostileWeb:
         self._stop = threading.Event()
         self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self._server.daemon_threads = True
+        self.scheme = "http"
+        if tls is not None:  # (certfile, keyfile): serve https
+            import ssl
+
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+            self.scheme = "https"
         self._thread: threading.Thread | None = None
 
     @property
@@ -93,8 +101,8 @@ class HostileWeb:
     def endpoint(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def url(self, path: str) -> str:
-        return f"http://{self.endpoint}{path}"
+    def url(self, path: str, host: str | None = None) -> str:
+        return f"{self.scheme}://{host or '127.0.0.1'}:{self.port}{path}"
 
     def _behaviour(self, path: str, nth: int):
         route = self.routes.get(path)

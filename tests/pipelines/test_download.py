@@ -10,7 +10,9 @@ is refused after resolution, as it would be in production.
 
 from __future__ import annotations
 
+import shutil
 import socket
+import subprocess
 import time
 
 import pyarrow as pa
@@ -224,3 +226,33 @@ def test_x_robots_tag_parsing_matches_img2dataset():
         for value in values:
             headers["X-Robots-Tag"] = value
         assert ours(headers, "clipcurate", directives) == theirs(headers, "clipcurate", directives), values
+
+
+def _self_signed(tmp_path) -> tuple[str, str]:
+    cert, key = str(tmp_path / "cert.pem"), str(tmp_path / "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-keyout", key, "-out", cert, "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost"], check=True, capture_output=True)
+    return cert, key
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make a certificate")
+def test_https_verifies_the_name_on_the_pinned_connection(tmp_path):
+    """HTTPS goes to the checked address with SNI and certificate checks for the URL's host
+    name; an untrusted certificate is connect=tls, not retried."""
+    import ssl
+
+    from pipelines.fetch import Fetcher, FetchPolicy
+
+    cert, key = _self_signed(tmp_path)
+    with HostileWeb({"/ok.jpg": image(jpeg())}, tls=(cert, key)) as web:
+        allow = frozenset({("127.0.0.1", web.port), ("::1", web.port)})
+        fetcher = Fetcher(FetchPolicy(respect_robots_txt=False, private_allowlist=allow, retries=2))
+        body, reason = fetcher.fetch(web.url("/ok.jpg", host="localhost"), time.monotonic() + 10)
+        assert (body, reason) == (None, "connect=tls")
+        fetcher._ssl = ssl.create_default_context(cafile=cert)  # trust the test certificate
+        body, reason = fetcher.fetch(web.url("/ok.jpg", host="localhost"), time.monotonic() + 10)
+        assert reason is None and body == jpeg()
+        body, reason = fetcher.fetch(web.url("/ok.jpg"), time.monotonic() + 10)  # name not in the certificate
+        assert (body, reason) == (None, "connect=tls")
+    assert web.requests["/ok.jpg"] == 1
