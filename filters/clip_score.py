@@ -227,7 +227,7 @@ class ClipScore(GlobalStage):
         index[scored] = np.arange(scored.size)
         gather = pa.array(index, mask=index < 0)
         batch = set_column(batch, "clip_score", pa.array(result.scores, pa.float32()).take(gather))
-        if self.config.embeddings:
+        if self.config.embeddings and result.image_emb is not None:
             dim = result.image_emb.shape[1]
             for column, values in (("clip_image_emb", result.image_emb), ("clip_text_emb", result.text_emb)):
                 fixed = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1), pa.float16()), dim)

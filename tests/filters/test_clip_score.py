@@ -198,6 +198,10 @@ def test_decode_errors_missing_images_and_earlier_rejects(checkpoint):
     assert out.column("clip_image_emb").null_count == 4
     assert out.column("image").to_pylist()[1:4] == [None] * 3  # rejected here: image bytes dropped
 
+    broken = ClipScore(model=str(checkpoint), embeddings=True)(table.slice(1, 2))  # nothing decodes
+    assert broken.column("reject").to_pylist() == ["clip_score:decode_error"] * 2
+    assert broken.column("clip_text_emb").type == pa.list_(pa.float16(), 32)
+
 
 def test_min_score_rejects_below_and_keeps_scores(checkpoint):
     table, _ = pool(24, mismatch_every=2)
