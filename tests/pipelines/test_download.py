@@ -177,21 +177,31 @@ def test_per_host_concurrency_and_interval():
     assert out.column(REJECT).null_count == 6
     assert web.max_in_flight == 1
     gaps = [b - a for a, b in zip(starts, starts[1:])]
-    assert len(starts) == 6 and min(gaps) >= 0.19
+    # spacing is exact at the client; the server sees it with a little scheduling jitter
+    assert len(starts) == 6 and starts[-1] - starts[0] >= 0.98 and min(gaps) >= 0.15
 
 
 def test_retry_after_pauses_the_whole_host():
     """A 429 with Retry-After holds back the host's other requests, not only its own URL."""
+    import threading
+
+    from pipelines.fetch import Fetcher, FetchPolicy
+
     routes = {"/a.jpg": [status(429, {"Retry-After": "1"}), image(jpeg())], "/b.jpg": image(jpeg())}
     with HostileWeb(routes) as web:
-        stage = Download(host_concurrency=1, respect_robots_txt=False, backoff=0.01,
-                         private_allowlist=[web.endpoint])
-        stage.ensure_setup()
-        out = stage(_batch([web.url("/a.jpg"), web.url("/b.jpg")]))
-    assert out.column(REJECT).null_count == 2
+        fetcher = Fetcher(FetchPolicy(respect_robots_txt=False, backoff=0.01,
+                                      private_allowlist=frozenset({("127.0.0.1", web.port)})))
+        results = {}
+        first = threading.Thread(target=lambda: results.update(a=fetcher.fetch(web.url("/a.jpg"), time.monotonic() + 10)))
+        first.start()
+        while not web.requests["/a.jpg"]:
+            time.sleep(0.01)
+        time.sleep(0.2)  # the 429 has been answered; the host is paused
+        results["b"] = fetcher.fetch(web.url("/b.jpg"), time.monotonic() + 10)
+        first.join()
+    assert results["a"][1] is None and results["b"][1] is None
     assert web.requests["/a.jpg"] == 2 and web.requests["/b.jpg"] == 1
-    first_429 = web.starts["/a.jpg"][0]
-    assert web.starts["/b.jpg"][0] - first_429 >= 0.95
+    assert web.starts["/b.jpg"][0] - web.starts["/a.jpg"][0] >= 0.95
 
 
 def test_private_networks_refused_by_default():
