@@ -236,6 +236,10 @@ class Fetcher:
             if conn is not None:
                 conn.close()
             raise FetchError("connect", "tls") from None
+        except ValueError:  # http.client.InvalidURL and friends: characters no request may hold
+            if conn is not None:
+                conn.close()
+            raise FetchError("bad_scheme", "malformed") from None
         except (OSError, http.client.HTTPException):
             if conn is not None:
                 conn.close()
@@ -247,6 +251,8 @@ class Fetcher:
         path = parts.path or "/"
         if parts.query:
             path += "?" + parts.query
+        # web URLs often carry raw UTF-8 or spaces; send them percent-encoded, keep existing escapes
+        path = urllib.parse.quote(path, safe="/%:@!$&'()*+,;=?~-._[]")
         headers = {"User-Agent": self.policy.user_agent, "Accept": "image/*,*/*;q=0.8"}
         for reused in (True, False):
             conn = self._connection(host, address, limit, reuse=reused)
@@ -257,8 +263,11 @@ class Fetcher:
                 return conn, conn.getresponse()
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
                 conn.close()
-                if not getattr(conn, "_clipcurate_reused", False):
+                if not reused:  # a kept-alive connection the server had closed: one fresh try
                     raise
+            except BaseException:
+                conn.close()
+                raise
         raise FetchError("connect")  # pragma: no cover - the loop returns or raises
 
     def _check_headers(self, response: http.client.HTTPResponse) -> None:
@@ -298,7 +307,6 @@ class Fetcher:
             conn = self._take_idle(key)
             if conn is not None:
                 conn.sock.settimeout(timeout)
-                conn._clipcurate_reused = True
             return conn
         scheme, hostname, port = host.key
         if scheme == "https":
@@ -307,7 +315,6 @@ class Fetcher:
             conn = http.client.HTTPConnection(hostname, port, timeout=timeout)
         # connect to the address that passed the safety check, not a fresh DNS answer
         conn._create_connection = lambda _addr, t, source: _connect_any(address, port, t, source)
-        conn._clipcurate_reused = False
         return conn
 
     def _finish(self, host, address, conn, response, drain: bool = False, limit: float = 0.0) -> None:

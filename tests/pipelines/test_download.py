@@ -75,6 +75,7 @@ def test_hostile_web_through_the_runner(ray_local, tmp_path):
         "/page.html": image(HTML, "text/html; charset=utf-8"),
         "/huge.jpg": partial({"Content-Type": "image/jpeg"}, 50_000_000, b"\xff\xd8\xff"),
         "/tiny.jpg": image(jpeg((8, 8))),
+        "/caf%C3%A9%20au%20lait.jpg": image(jpeg()),  # requested as raw UTF-8 with spaces
     }
     expected = {  # path -> (reject, requests the server must have seen)
         "/ok.jpg": (None, None), "/ok.png": (None, 1), "/octet.jpg": (None, 1),
@@ -97,6 +98,7 @@ def test_hostile_web_through_the_runner(ray_local, tmp_path):
             "http://no-such-host.invalid/cat.jpg": ("dns", None),
             f"http://127.0.0.1:{closed}/cat.jpg": ("connect", None),
             "http://10.1.2.3/cat.jpg": ("private_address", None),
+            web.url("/café au lait.jpg"): (None, None),
             f"http://{canary.endpoint}/secret.jpg": ("private_address", None),
         })
         pool = tmp_path / "pool.parquet"
@@ -130,6 +132,7 @@ def test_hostile_web_through_the_runner(ray_local, tmp_path):
     assert requests["/ok.jpg"] == 2  # itself and the target of /moved.jpg
     assert 1 <= requests["/robots.txt"] <= 2  # once per host per worker
     assert canary.requests["/secret.jpg"] == 0
+    assert requests["/caf%C3%A9%20au%20lait.jpg"] == 1
 
     download = manifest["stages"][1]
     assert download["rejected"] == sum(1 for w in want.values() if w)
