@@ -416,14 +416,14 @@ class Fetcher:
         with host.robots_lock:  # one fetch per host; other threads wait for its answer
             now = time.monotonic()
             if isinstance(host.robots, FetchError) and now < host.robots_until:
-                raise host.robots
+                raise FetchError(host.robots.category, host.robots.detail)
             if isinstance(host.robots, urllib.robotparser.RobotFileParser):
                 return host.robots
             try:
                 host.robots = self._fetch_robots(host, parts, deadline)
             except FetchError as err:
-                host.robots, host.robots_until = FetchError(err.category, err.detail), now + ROBOTS_FAILURE_TTL
-                raise host.robots from None
+                host.robots, host.robots_until = err, now + ROBOTS_FAILURE_TTL
+                raise FetchError(err.category, err.detail) from None
             return host.robots
 
     def _fetch_robots(self, host: "_Host", parts, deadline: float) -> urllib.robotparser.RobotFileParser:
@@ -445,7 +445,7 @@ class Fetcher:
             parser = urllib.robotparser.RobotFileParser()
             if 200 <= status < 300:
                 parser.parse((body or b"").decode("utf-8", "replace").splitlines())
-            elif 400 <= status < 500:
+            elif status < 500:  # 4xx, or a redirect without a Location: unavailable
                 parser.allow_all = True
             else:
                 raise FetchError("http_5xx" if status >= 500 else "http_4xx")
