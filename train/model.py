@@ -27,6 +27,7 @@ from typing import Any
 
 import open_clip
 import torch
+from open_clip.hf_model import HFTextEncoder
 from open_clip.tokenizer import DEFAULT_CONTEXT_LENGTH, HFTokenizer
 from open_clip.transform import PreprocessCfg, image_transform_v2
 
@@ -129,11 +130,44 @@ def create(model: str | Path, *, loss: str = "clip", pretrained: str | None = No
                 with _quiet_logging():  # "no CLIP weights found": a fresh model is the intent
                     built = _create_local(staging, device)
     if lock_text:
-        if not hasattr(built, "lock_text_tower"):
-            raise UserError(f"model {model!r} has no lockable text tower")
-        built.lock_text_tower()
+        lock_text_tower(built)
     config["preprocess_cfg"] = open_clip.get_model_preprocess_cfg(built)
     return bundle_for(built, config)
+
+
+def lock_text_tower(model: torch.nn.Module) -> None:
+    """Freeze the text tower (LiT). A locked Hugging Face tower is a fixed function, so it
+    runs without autograd, once per distinct caption of a batch, on the batch's longest
+    caption rather than the full context (masked mean pooling ignores padding): LiT
+    precomputes locked-tower features for the same reason."""
+    if not hasattr(model, "lock_text_tower"):
+        raise UserError("this model has no lockable text tower")
+    model.lock_text_tower()
+    text = getattr(model, "text", None)
+    if isinstance(text, HFTextEncoder) and text.pooler.__class__.__name__ == "MeanPooler":
+        text.transformer.forward = _DistinctCaptions(text.transformer.forward)
+
+
+class _DistinctCaptions:
+    def __init__(self, forward):
+        self.forward = forward
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs):
+        length = int(attention_mask.any(dim=0).nonzero().max()) + 1
+        ids, inverse = torch.unique(input_ids[:, :length], dim=0, return_inverse=True)
+        mask = attention_mask[:, :length][_first_index(inverse, len(ids))]
+        with torch.no_grad():
+            out = self.forward(input_ids=ids, attention_mask=mask, **kwargs)
+        hidden = out.last_hidden_state[inverse]
+        out.last_hidden_state = torch.nn.functional.pad(hidden, (0, 0, 0, input_ids.shape[1] - length))
+        return out
+
+
+def _first_index(inverse: torch.Tensor, count: int) -> torch.Tensor:
+    """For each distinct row, the index of one batch row holding it."""
+    first = torch.empty(count, dtype=torch.long, device=inverse.device)
+    first.scatter_(0, inverse, torch.arange(len(inverse), device=inverse.device))
+    return first
 
 
 def bundle_for(model: torch.nn.Module, config: dict) -> ClipBundle:

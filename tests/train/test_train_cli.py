@@ -25,6 +25,15 @@ def test_curate_train_then_eval(shapes_run, micro_config, tmp_path, capsys):
     assert json.loads((tmp_path / "eval.jsonl").read_text()) == result
 
 
+def test_epochs_become_steps_and_quiet_prints_only_the_summary(shapes_run, micro_config, tmp_path, capsys):
+    # 640 rows, batch 16: half an epoch is 20 steps
+    code = main(["train", "--data", str(shapes_run / "run" / "shards"), "--model", str(micro_config),
+                 "--epochs", "0.5", "--batch-size", "16", "--output", str(tmp_path / "e"), "--quiet"])
+    assert code == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(printed) == 1 and json.loads(printed[0])["step"] == 20
+
+
 def test_user_errors_are_one_line(shapes_run, tmp_path, capsys):
     code = main(["train", "--data", str(tmp_path / "nothing"), "--steps", "1", "--output", str(tmp_path / "o")])
     assert code == 2

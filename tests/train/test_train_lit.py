@@ -15,6 +15,14 @@ from train.model import create
 
 def test_lit_locks_the_text_tower_and_reloads_in_plain_open_clip(shapes_run, tmp_path):
     fresh = create("lit-tiny")
+    locked = create("lit-tiny", lock_text=True)
+    locked.model.load_state_dict(fresh.model.state_dict())
+    # the locked tower runs once per distinct caption on trimmed padding: same features
+    captions = ["a red circle.", "a photo of a blue square on a white background.", "a red circle.", "a"]
+    tokens = fresh.tokenizer(captions)
+    with torch.no_grad():
+        torch.testing.assert_close(locked.model.eval().encode_text(tokens), fresh.model.eval().encode_text(tokens),
+                                   rtol=1e-5, atol=1e-6)
     result = train(shapes_run / "run", "lit-tiny", output=tmp_path / "lit", steps=2, batch_size=8,
                    lock_text=True, lr=1e-3, warmup=0, quiet=True)
     saved = torch.load(result.output / "open_clip_pytorch_model.bin", weights_only=True)
