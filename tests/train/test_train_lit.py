@@ -40,7 +40,7 @@ def test_lit_locks_the_text_tower_and_reloads_in_plain_open_clip(shapes_run, tmp
     assert isinstance(tokenizer, HFTokenizer)
     texts = ["a red circle.", "a photo of a blue square."]
     tokens = tokenizer(texts)
-    assert tokens.shape == (2, 24) and tokens[0, 0] == 101  # BERT [CLS]
+    assert tokens.shape == (2, 32) and tokens[0, 0] == 101  # BERT [CLS]
     ours = create(result.output)
     model.eval(), ours.model.eval()
     with torch.no_grad():
