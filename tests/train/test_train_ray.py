@@ -16,17 +16,8 @@ from train import checkpoint
 from train.api import train
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
-    yield
-    ray.shutdown()
-
-
 @pytest.mark.skipif(not os.environ.get("CLIPCURATE_SLOW_TESTS"), reason="set CLIPCURATE_SLOW_TESTS=1 (Ray Train start-up)")
-def test_two_ray_workers_train_one_model_on_disjoint_data(ray_cluster, shapes_run, micro_config, tmp_path):
+def test_two_ray_workers_train_one_model_on_disjoint_data(ray_local, shapes_run, micro_config, tmp_path):
     result = train(shapes_run / "run", micro_config, output=tmp_path / "ddp", steps=3, batch_size=16,
                    ray_workers=2, quiet=True)
     assert result.step == 3
