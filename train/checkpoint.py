@@ -1,9 +1,10 @@
 """Checkpoints: a plain open_clip ``local-dir`` model plus the trainer's own state.
 
 One directory is one checkpoint (the project's contract):
-``open_clip_config.json`` + ``open_clip_pytorch_model.bin`` (a plain ``state_dict``)
-load with ``open_clip.create_model_and_transforms("local-dir:" + path)``. Resume state
-sits beside them in files open_clip never picks up as weights: ``trainer_state.pt``
+``open_clip_config.json`` + ``open_clip_pytorch_model.bin`` (a plain ``state_dict``),
+plus a Hugging Face text tower's tokenizer files, load with
+``open_clip.create_model_and_transforms("local-dir:" + path)``. Resume state sits
+beside them in files open_clip never picks up as weights: ``trainer_state.pt``
 (optimizer, grad scaler, RNG) and ``train_state.json`` (step, data positions, config).
 Every file is written to a temporary name first, then renamed into place.
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 import torch
 
 from pipelines.errors import UserError
-from train.model import WEIGHTS_FILE, unwrap, write_config
+from train.model import WEIGHTS_FILE, save_tokenizer, unwrap, write_config
 
 STATE_JSON = "train_state.json"
 STATE_TENSORS = "trainer_state.pt"
@@ -33,10 +34,11 @@ class TrainerState:
     info: dict  # the rest of train_state.json (config, last loss)
 
 
-def save(directory: str | Path, *, model: torch.nn.Module, config: dict, optimizer, step: int,
+def save(directory: str | Path, *, model: torch.nn.Module, config: dict, tokenizer, optimizer, step: int,
          positions: dict[int, int], layout: dict, scaler=None, info: dict | None = None) -> Path:
     directory = Path(directory)
     write_config(directory, config)
+    save_tokenizer(directory, tokenizer)
     tensors = {"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(), "step": step}
     if scaler is not None:
         tensors["scaler"] = scaler.state_dict()

