@@ -91,15 +91,16 @@ def plan_units(files: list[str], num_slots: int) -> list[Unit]:
     total = sum(n for *_, n in groups)
     if total < num_slots:
         raise UserError(f"{total} training rows cannot feed {num_slots} data workers")
-    nonempty = sum(1 for *_, n in groups if n)
-    pieces = max(1, math.ceil(num_slots / max(nonempty, 1)))
-    units = []
-    for path, g, n in groups:
-        if n == 0:
-            continue
-        step = math.ceil(n / pieces)
-        units += [Unit(path, g, s, min(s + step, n)) for s in range(0, n, step)]
-    return units
+    groups = [(path, g, n) for path, g, n in groups if n]
+    pieces = math.ceil(num_slots / len(groups))
+    while True:  # every worker needs a unit; small row groups may split into fewer pieces
+        units = []
+        for path, g, n in groups:
+            step = math.ceil(n / pieces)
+            units += [Unit(path, g, s, min(s + step, n)) for s in range(0, n, step)]
+        if len(units) >= num_slots:
+            return units
+        pieces *= 2
 
 
 class ShardStream(torch.utils.data.IterableDataset):

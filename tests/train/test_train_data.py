@@ -84,6 +84,18 @@ def test_units_split_when_fewer_row_groups_than_workers(shapes_run):
         plan_units(files, 1000)
 
 
+def test_every_worker_gets_rows_from_uneven_tiny_shards(tmp_path):
+    import pyarrow as pa
+
+    files = []
+    for i, rows in enumerate([1, 1, 1, 30]):
+        files.append(str(tmp_path / f"part-{i}.parquet"))
+        pq.write_table(pa.table({"image": [b"x"] * rows, "caption": [f"{i}"] * rows}), files[-1])
+    for slots in (8, 33):
+        units = plan_units(files, slots)
+        assert len(units) >= slots and sum(u.rows for u in units) == 33
+
+
 def test_dataloader_workers_and_ranks_yield_disjoint_rows_covering_the_epoch(numbered_run):
     seen = []
     for rank in range(2):
