@@ -91,6 +91,7 @@ def test_sigkill_in_phase_one_then_rerun_resumes(tmp_path):
         phase1 = out / "_work" / "phase1"
         deadline = time.time() + 240
         while time.time() < deadline and not any(phase1.glob("block-*.parquet")):
+            assert proc.poll() is None, "the run ended before the kill"
             time.sleep(0.2)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
