@@ -155,7 +155,7 @@ def main() -> None:
                 "url": [f"http://127.0.0.1:{port}/{name}" for name in names],
                 "caption": [f"image {i}" for i in range(len(names))],
             }), pool)
-            ray.init(num_cpus=args.processes, include_dashboard=False, log_to_driver=False)
+            ray.init(address="local", num_cpus=args.processes, include_dashboard=False, log_to_driver=False)
             ours, full, theirs = [], [], []
             for repeat in range(args.repeats):
                 order = ("ours", "img2dataset") if repeat % 2 == 0 else ("img2dataset", "ours")
