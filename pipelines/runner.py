@@ -50,16 +50,16 @@ class RunOptions:
     extra: dict = field(default_factory=dict)
 
 
-def run_pipeline(recipe: Recipe, stages: list[Stage], input_spec, output: str,
+def run_pipeline(recipe: Recipe, stages: list[Stage], input_spec, output: str | Storage,
                  options: RunOptions | None = None, recipe_source: str | None = None) -> dict:
     """Run ``stages`` over ``input_spec`` into ``output``; returns the manifest dict.
 
-    ``output`` is a local folder or a URI of any pyarrow filesystem (``s3://bucket/run``);
-    on a cluster it must be a location every node can write (object storage, or a
-    shared mount)."""
+    ``output`` is a local folder, a URI of any pyarrow filesystem (``s3://bucket/run``)
+    or a ``Storage``; on a cluster it must be a location every node can write (object
+    storage, or a shared mount)."""
     options = options or RunOptions()
     started = time.time()
-    out = Storage.at(output)
+    out = output if isinstance(output, Storage) else Storage.at(output)
     if options.force:
         out.rmtree(out.root)
     if out.exists(out.path("manifest.json")):
@@ -263,6 +263,13 @@ class RayExecutor:
     on its device where it is asked; when this driver has no GPU but the cluster has,
     the runner asks it on a GPU node (a stage that picks CUDA when one is visible then
     asks for a GPU there, as it would on a single GPU machine).
+
+    CPU shares: every actor pool of one streaming plan holds its CPUs for the whole
+    plan, so on a small machine (two actor stages at 1 CPU on 2 CPUs, plus the read
+    tasks) the plan would wait forever for a CPU. The CPU requests of a plan are scaled
+    down together until one actor of every pool and one task fit on the smallest CPU
+    node, wherever Ray places the actors (``_cpu_share``); on nodes with many cores the
+    share is 1 and requests are the stages' own.
     """
 
     def __init__(self, store: Storage, options: RunOptions):
@@ -276,7 +283,8 @@ class RayExecutor:
             if address:
                 ray.init(address=address, **kwargs)
             else:
-                ray.init(num_cpus=options.num_cpus, **kwargs)
+                # 'local': a fresh embedded Ray, never another program's cluster
+                ray.init(address='local', num_cpus=options.num_cpus, **kwargs)
         import ray.data
 
         context = ray.data.DataContext.get_current()
@@ -285,6 +293,7 @@ class RayExecutor:
         cluster = ray.cluster_resources()
         self.cpus = max(1, int(cluster.get("CPU", 1)))
         self.cpu_placement = {CPU_NODE_RESOURCE: CPU_NODE_SHARE} if cluster.get(CPU_NODE_RESOURCE) else None
+        self.node_cpus = _smallest_cpu_node(ray, tagged=self.cpu_placement is not None)
         self.gpus_elsewhere = cluster.get("GPU", 0) > 0 and _driver_node_gpus(ray) == 0
         self._resources: dict[int, Resources] = {}
 
@@ -298,21 +307,40 @@ class RayExecutor:
             self._resources[id(stage)] = resources
         return self._resources[id(stage)]
 
-    def _cpu_args(self) -> dict:
-        return {"resources": self.cpu_placement} if self.cpu_placement else {}
+    def _on_gpu_nodes(self, resources: Resources) -> bool:
+        return bool(resources.num_gpus) and self.cpu_placement is not None
 
-    def _map(self, ds, stage: Stage, method: str = "__call__"):
+    def _cpu_share(self, stages: list[Stage]) -> float:
+        """The factor for the CPU requests of one streaming plan over ``stages``."""
+        actors, task = 0.0, 1.0  # read, bookkeeping and write tasks ask for 1 CPU
+        for stage in stages:
+            resources = self.resources(stage)
+            if self._on_gpu_nodes(resources):
+                continue
+            if _needs_actor(stage, resources):
+                actors += resources.num_cpus * (resources.concurrency or 1)
+            else:
+                task = max(task, resources.num_cpus)
+        share = min(1.0, self.node_cpus / (actors + task))
+        return max(int(share * 1000) / 1000, 0.001)
+
+    def _cpu_args(self, share: float) -> dict:
+        args = {"num_cpus": share}
+        if self.cpu_placement:
+            args["resources"] = self.cpu_placement
+        return args
+
+    def _map(self, ds, stage: Stage, share: float, method: str = "__call__"):
         resources = self.resources(stage)
-        common = dict(
-            batch_format="pyarrow",
-            batch_size=resources.batch_size,
-            num_cpus=resources.num_cpus,
-            zero_copy_batch=True,
-        )
-        if resources.num_gpus:
-            common["num_gpus"] = resources.num_gpus
+        common = dict(batch_format="pyarrow", batch_size=resources.batch_size, zero_copy_batch=True)
+        if self._on_gpu_nodes(resources):
+            common.update(num_cpus=resources.num_cpus, num_gpus=resources.num_gpus)
         else:
-            common.update(self._cpu_args())
+            common.update(num_cpus=resources.num_cpus * share)
+            if resources.num_gpus:
+                common["num_gpus"] = resources.num_gpus
+            if self.cpu_placement:
+                common["resources"] = self.cpu_placement
         if _needs_actor(stage, resources):
             size = resources.concurrency
             pool = self.ray.data.ActorPoolStrategy(size=size) if size else \
@@ -321,44 +349,97 @@ class RayExecutor:
                 _StageActor,
                 fn_constructor_kwargs={"stage": stage, "method": method},
                 compute=pool,
+                scheduling_strategy="SPREAD",  # a pool over several nodes: their NICs and memory
                 **common,
             )
         fn = prepare_stage if method == "prepare" else apply_stage
         return ds.map_batches(functools.partial(fn, stage), **common)
 
-    def _map_blocks(self, ds, fn):
+    def _map_blocks(self, ds, fn, share: float):
         """A whole-block bookkeeping step (filter, write) on the CPU nodes."""
-        return ds.map_batches(fn, batch_format="pyarrow", batch_size=None, **self._cpu_args())
+        return ds.map_batches(fn, batch_format="pyarrow", batch_size=None, **self._cpu_args(share))
 
-    def _read(self, paths: list[str], **kwargs):
-        return self.ray.data.read_parquet(paths, filesystem=self.store.fs, ray_remote_args=self._cpu_args(),
-                                          **kwargs)
+    def _read(self, paths: list[str], share: float):
+        """One read task, and one block, per parquet file, with this plan's CPU share.
+
+        Not ``read_parquet``: its file-listing step asks for a whole CPU that no
+        argument lowers, and waits forever when actor pools already hold the rest."""
+        return self.ray.data.read_datasource(_parquet_files(paths, self.store), override_num_blocks=max(1, len(paths)),
+                                             **self._cpu_args(share))
 
     def run_phase1(self, pending: list[str], exclude: list[str], stages: list[Stage], out_dir: str) -> None:
-        ds = self._read(pending, override_num_blocks=len(pending))
+        share = self._cpu_share(stages)
+        ds = self._read(pending, share)
         if exclude:
-            ds = self._map_blocks(ds, functools.partial(drop_uids, exclude=pa.array(exclude, pa.string())))
+            ds = self._map_blocks(ds, functools.partial(drop_uids, exclude=pa.array(exclude, pa.string())), share)
         for stage in stages:
-            ds = self._map(ds, stage)
-        written = self._map_blocks(ds, functools.partial(write_block, store=self.store, out_dir=out_dir))
+            ds = self._map(ds, stage, share)
+        written = self._map_blocks(ds, functools.partial(write_block, store=self.store, out_dir=out_dir), share)
         written.take_all()
 
     def run_phase2(self, files: list[str], stages: list[Stage], staging: str, shard_rows: int) -> list[Stage]:
-        ds = self._read(files)
-        for stage in stages:
+        apply_share, prepare_share = self._phase2_shares(stages)
+        ds = self._read(files, prepare_share.get(0, apply_share.get(0, 1.0)))
+        for i, stage in enumerate(stages):
             if stage.is_global:
-                ds = self._map(ds, stage, method="prepare").materialize()
-                stage.fit(self._map_blocks(ds, kept_rows))
-            ds = self._map(ds, stage)
+                ds = self._map(ds, stage, prepare_share[i], method="prepare").materialize()
+                stage.fit(self._map_blocks(ds, kept_rows, 1.0))
+            ds = self._map(ds, stage, apply_share[i])
         ds = ds.materialize()
-        kept = self._map_blocks(ds, kept_rows)
-        rejected = self._map_blocks(ds, rejected_rows)
+        kept = self._map_blocks(ds, kept_rows, 1.0)
+        rejected = self._map_blocks(ds, rejected_rows, 1.0)
         for name, part, rows in (("shards", kept, shard_rows), ("rejects", rejected, 100_000)):
             target = posixpath.join(staging, name)
             part.write_parquet(target, filesystem=self.store.fs, min_rows_per_file=min(rows, 1000),
-                               max_rows_per_file=rows, ray_remote_args=self._cpu_args())
+                               max_rows_per_file=rows, ray_remote_args=self._cpu_args(1.0))
             _rename_sequential(self.store, target)
         return stages
+
+    def _phase2_shares(self, stages: list[Stage]) -> tuple[dict[int, float], dict[int, float]]:
+        """Phase 2 is one plan per global stage: from the previous global stage's apply
+        to this one's prepare (then a materialize); the last runs to the end."""
+        apply_share: dict[int, float] = {}
+        prepare_share: dict[int, float] = {}
+        window: list[int] = []
+        for i, stage in enumerate(stages):
+            if stage.is_global:
+                share = self._cpu_share([stages[j] for j in window] + [stage])
+                apply_share.update({j: share for j in window})
+                prepare_share[i] = share
+                window = []
+            window.append(i)
+        share = self._cpu_share([stages[j] for j in window])
+        apply_share.update({j: share for j in window})
+        return apply_share, prepare_share
+
+
+def _parquet_files(paths: list[str], store: Storage):
+    """A Ray Data source with one read task per file (partitions and phase-1 blocks are
+    already the units of work: no listing, no splitting, no merging)."""
+    from ray.data import Datasource, ReadTask
+    from ray.data.block import BlockMetadata
+
+    class ParquetFiles(Datasource):
+        def estimate_inmemory_data_size(self):
+            return None
+
+        def get_read_tasks(self, parallelism, per_task_row_limit=None, data_context=None):
+            return [ReadTask(functools.partial(_read_file, store, path),
+                             BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None, input_files=(path,)))
+                    for path in paths]
+
+    return ParquetFiles()
+
+
+def _read_file(store: Storage, path: str) -> list[pa.Table]:
+    return [store.read_parquet(path)]
+
+
+def _smallest_cpu_node(ray, tagged: bool) -> float:
+    """CPUs of the smallest live node that takes CPU-only work."""
+    cpus = [n["Resources"].get("CPU", 0) for n in ray.nodes()
+            if n["Alive"] and (n["Resources"].get(CPU_NODE_RESOURCE) if tagged else n["Resources"].get("CPU"))]
+    return float(min(cpus, default=1.0)) or 1.0
 
 
 def _driver_node_gpus(ray) -> float:
