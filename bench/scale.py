@@ -34,6 +34,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# bench/dedup.py would shadow the dedup package for this script and its Ray workers
+sys.path[:] = [REPO] + [p for p in sys.path if os.path.abspath(p or ".") != os.path.join(REPO, "bench")]
 RECIPE = {
     "name": "scale",
     "input": {"partition_size": 10_000},
@@ -49,21 +51,29 @@ SUBJECTS = ("a red bicycle", "an old wooden chair", "a small brown dog", "a city
 PLACES = ("in the rain", "on a sunny beach", "next to a brick wall", "in a busy market", "under a tree",
           "in a modern kitchen", "on a snowy road", "at the train station", "in the garden", "by the window")
 STYLES = ("photo of", "close-up of", "picture of", "black and white photo of", "painting of", "stock image of")
+WORDS = tuple("""apple bridge candle garden window river forest mirror pillow basket castle ladder
+jacket violin rocket bottle blanket button carpet cherry circle cloud cookie corner cotton desert
+dragon engine feather finger flower frame glass guitar hammer harbor helmet island jungle kettle
+lemon lion marble meadow needle ocean orange palace pencil pepper pigeon planet pocket puzzle rabbit
+saddle sailor shadow shell silver spider spoon statue stone sugar tiger tomato tower trumpet tunnel
+turtle valley velvet wagon wallet whale wheel winter wizard wolf yellow bright quiet heavy gentle
+golden frozen hidden ancient narrow broken silent famous lovely simple tiny giant wooden rusty""".split())
 FOREIGN = ("ein rotes Fahrrad im Regen vor einer Mauer", "une vieille chaise en bois dans la cuisine",
            "un perro marrón pequeño en la playa", "una tazza di caffè sul tavolo di legno",
            "um carro antigo na estação de trem")
 
 
 def synthetic_pool(rows: int, seed: int = 0) -> pa.Table:
-    """Captions from templates with ids (mostly distinct), ~8% near-duplicates (one
-    word changed), ~8% other languages, ~4% too short."""
+    """Captions from templates plus five random words (mostly distinct), ~8%
+    near-duplicates (one word changed), ~8% other languages, ~4% too short."""
     rng = np.random.default_rng(seed)
     kind = rng.choice(4, size=rows, p=[0.80, 0.08, 0.08, 0.04])
     s, p, st = rng.integers(len(SUBJECTS), size=rows), rng.integers(len(PLACES), size=rows), rng.integers(len(STYLES), size=rows)
     serial = rng.integers(10**6, size=rows)
     captions = []
     for i in range(rows):
-        base = f"{STYLES[st[i]]} {SUBJECTS[s[i]]} {PLACES[p[i]]}, item {serial[i]} from the archive collection"
+        extra = " ".join(WORDS[j] for j in rng.integers(len(WORDS), size=5))
+        base = f"{STYLES[st[i]]} {SUBJECTS[s[i]]} {PLACES[p[i]]} with {extra}, item {serial[i]} from the archive"
         if kind[i] == 1 and i:
             base = captions[i - 1].replace("archive", "museum") if "archive" in captions[i - 1] else base
         elif kind[i] == 2:
@@ -128,7 +138,7 @@ def run_one(cpus: int, pool: str, out: str) -> dict:
     t0 = time.perf_counter()
     index = split_input(pool, recipe.input, Storage.at(out).child(WORK))
     split_s = time.perf_counter() - t0
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False)
     try:
         with WorkerMemory() as memory:
             t0 = time.perf_counter()
@@ -161,7 +171,9 @@ def main(argv: list[str] | None = None) -> int:
             env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))}
             cmd = [sys.executable, os.path.abspath(__file__), "--one", str(cpus), "--pool", pool,
                    "--out", os.path.join(workdir, f"out-{cpus}")]
-            done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, check=True)
+            done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True)
+            if done.returncode:
+                sys.exit(f"{cpus} CPU run failed:\n{done.stderr[-3000:]}")
             results[cpus] = json.loads(done.stdout.strip().splitlines()[-1])
             r = results[cpus]
             print(f"{cpus} CPU: {r['rows']} rows in {r['run_s']:.1f} s = {r['samples_per_s']:.0f} samples/s "
