@@ -14,6 +14,7 @@ Plan of a run (DESIGN.md):
 from __future__ import annotations
 
 import functools
+import logging
 import hashlib
 import os
 import posixpath
@@ -290,6 +291,8 @@ class RayExecutor:
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = options.progress
         context.print_on_execution_start = options.progress
+        if not options.progress:  # quiet runs (the demo, scripts): no per-dataset INFO lines
+            logging.getLogger("ray.data").setLevel(logging.WARNING)
         cluster = ray.cluster_resources()
         self.cpus = max(1, int(cluster.get("CPU", 1)))
         self.cpu_placement = {CPU_NODE_RESOURCE: CPU_NODE_SHARE} if cluster.get(CPU_NODE_RESOURCE) else None
