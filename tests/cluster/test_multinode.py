@@ -99,7 +99,7 @@ def embedded(pool, tmp_path_factory):
     """The reference: both stage lists on an embedded single-machine Ray."""
     out = tmp_path_factory.mktemp("embedded")
     ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         run_pipeline(*_full_stages(), pool, str(out / "full"), RunOptions(progress=False))
         run_pipeline(*_recipe_stages(DOWNLOAD_ONLY), pool, str(out / "download"), RunOptions(progress=False))
