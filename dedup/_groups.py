@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.stage import Stage, kept_mask, reject_rows
+from pipelines.stage import GlobalStage, Stage, ensure_columns, kept_mask, reject_rows
 
 SCORE = "clip_score"
 
@@ -253,6 +253,25 @@ def reject_duplicates(stage: Stage, batch: pa.Table, lookup: DuplicateLookup) ->
 
 def summary_of(lookup: DuplicateLookup) -> dict:
     return {"duplicates": len(lookup), "groups": lookup.groups()}
+
+
+class DedupStage(GlobalStage):
+    """What every dedup kind does once ``fit`` has stored its duplicates: reject them
+    with ``<label>:duplicate_of=<survivor>``, and report them to the audit. Subclasses
+    write ``prepare`` (per-row hashes) and ``fit`` (grouping into ``self._duplicates``)."""
+
+    def __init__(self, config=None, **params):
+        super().__init__(config, **params)
+        self._duplicates = DuplicateLookup(DUPLICATES_SCHEMA.empty_table())
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return reject_duplicates(self, ensure_columns(batch, self.adds), self._duplicates)
+
+    def stats(self) -> dict[str, pa.Table]:
+        return {"duplicates": self._duplicates.table()}
+
+    def summary(self) -> dict:
+        return summary_of(self._duplicates)
 
 
 # ------------------------------------------------------------------ private helpers

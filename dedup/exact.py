@@ -18,7 +18,7 @@ import pyarrow as pa
 from PIL import Image
 
 from dedup import _groups
-from pipelines.stage import GlobalStage, StageConfig, ensure_columns, kept_mask, set_column
+from pipelines.stage import StageConfig, ensure_columns, kept_mask, set_column
 
 
 class ExactDedupConfig(StageConfig):
@@ -26,7 +26,7 @@ class ExactDedupConfig(StageConfig):
     """``pixels``: SHA-256 of the decoded RGB pixels and size; ``bytes``: of the file."""
 
 
-class ExactDedup(GlobalStage):
+class ExactDedup(_groups.DedupStage):
     """One survivor per set of identical images; the others get
     ``dedup_exact:duplicate_of=<uid>`` (keep rule: highest clip_score, then smallest uid)."""
 
@@ -34,10 +34,6 @@ class ExactDedup(GlobalStage):
     Config = ExactDedupConfig
     reads = ("uid", "image")
     adds = {"image_sha256": pa.string(), "pixel_hash": pa.string()}
-
-    def __init__(self, config: ExactDedupConfig | None = None, **params):
-        super().__init__(config, **params)
-        self._duplicates = _groups.DuplicateLookup(_groups.DUPLICATES_SCHEMA.empty_table())
 
     def prepare(self, batch: pa.Table) -> pa.Table:
         kept = kept_mask(batch)
@@ -56,15 +52,8 @@ class ExactDedup(GlobalStage):
         links = _groups.link_buckets(ds, [key], _all_linked)
         self._duplicates = _groups.DuplicateLookup(_groups.resolve(links))
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        batch = ensure_columns(batch, self.adds)
-        return _groups.reject_duplicates(self, batch, self._duplicates)
-
-    def stats(self) -> dict[str, pa.Table]:
-        return {"duplicates": self._duplicates.table()}
-
     def summary(self) -> dict:
-        return {"key": self.config.key, **_groups.summary_of(self._duplicates)}
+        return {"key": self.config.key, **super().summary()}
 
     def _key_column(self) -> str:
         return "pixel_hash" if self.config.key == "pixels" else "image_sha256"

@@ -27,7 +27,7 @@ from datasketch import MinHash, MinHashLSH
 from pydantic import Field, model_validator
 
 from dedup import _groups
-from pipelines.stage import GlobalStage, StageConfig, ensure_columns, kept_mask, set_column
+from pipelines.stage import StageConfig, ensure_columns, kept_mask, set_column
 
 _SPACES = re.compile(r"\s+")
 _WORDS = re.compile(r"\w+")
@@ -53,7 +53,7 @@ class MinHashDedupConfig(StageConfig):
         return self
 
 
-class MinHashDedup(GlobalStage):
+class MinHashDedup(_groups.DedupStage):
     """One survivor per group of near-duplicate captions; the others get
     ``dedup_minhash:duplicate_of=<uid>`` (keep rule: highest clip_score, then uid)."""
 
@@ -70,7 +70,6 @@ class MinHashDedup(GlobalStage):
             candidate = max(0.3, cfg.threshold - 0.15) if cfg.verify == "jaccard" else cfg.threshold
         lsh = MinHashLSH(threshold=candidate, num_perm=cfg.num_perm)
         self.bands, self.rows = lsh.b, lsh.r
-        self._duplicates = _groups.DuplicateLookup(_groups.DUPLICATES_SCHEMA.empty_table())
 
     def prepare(self, batch: pa.Table) -> pa.Table:
         kept = kept_mask(batch)
@@ -125,19 +124,12 @@ class MinHashDedup(GlobalStage):
         links = _groups.link_buckets(exploded, ["band", "bucket"], near_pairs)
         self._duplicates = _groups.DuplicateLookup(_groups.resolve(links))
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        batch = ensure_columns(batch, self.adds)
-        return _groups.reject_duplicates(self, batch, self._duplicates)
-
     def shingles(self, caption: str) -> set[str]:
         """The shingle set of a caption (n-grams of the normalised text)."""
         return shingles(caption, self.config.ngram, self.config.ngram_size)
 
-    def stats(self) -> dict[str, pa.Table]:
-        return {"duplicates": self._duplicates.table()}
-
     def summary(self) -> dict:
-        return {"bands": self.bands, "rows": self.rows, **_groups.summary_of(self._duplicates)}
+        return {"bands": self.bands, "rows": self.rows, **super().summary()}
 
 
 def shingles(caption: str, ngram: str, size: int) -> set[str]:

@@ -21,7 +21,7 @@ from PIL import Image
 from pydantic import Field
 
 from dedup import _groups
-from pipelines.stage import GlobalStage, StageConfig, ensure_columns, kept_mask, set_column
+from pipelines.stage import StageConfig, ensure_columns, kept_mask, set_column
 
 HASH_BITS = 64
 
@@ -33,7 +33,7 @@ class PerceptualDedupConfig(StageConfig):
     """Hamming radius (inclusive) on each 64-bit hash."""
 
 
-class PerceptualDedup(GlobalStage):
+class PerceptualDedup(_groups.DedupStage):
     """One survivor per group of perceptually near-identical images; the others get
     ``dedup_perceptual:duplicate_of=<uid>`` (keep rule: highest clip_score, then uid)."""
 
@@ -41,10 +41,6 @@ class PerceptualDedup(GlobalStage):
     Config = PerceptualDedupConfig
     reads = ("uid", "image")
     adds = {"phash": pa.uint64(), "dhash": pa.uint64()}
-
-    def __init__(self, config: PerceptualDedupConfig | None = None, **params):
-        super().__init__(config, **params)
-        self._duplicates = _groups.DuplicateLookup(_groups.DUPLICATES_SCHEMA.empty_table())
 
     def prepare(self, batch: pa.Table) -> pa.Table:
         kept = kept_mask(batch)
@@ -91,18 +87,11 @@ class PerceptualDedup(GlobalStage):
         links = _groups.link_buckets(exploded, ["band", "bucket"], near_pairs)
         self._duplicates = _groups.DuplicateLookup(_groups.resolve(links))
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        batch = ensure_columns(batch, self.adds)
-        return _groups.reject_duplicates(self, batch, self._duplicates)
-
-    def stats(self) -> dict[str, pa.Table]:
-        return {"duplicates": self._duplicates.table()}
-
     def summary(self) -> dict:
         return {
             "hashes": list(self.config.hashes),
             "max_distance": self.config.max_distance,
-            **_groups.summary_of(self._duplicates),
+            **super().summary(),
         }
 
 

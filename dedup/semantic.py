@@ -20,7 +20,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from dedup import _groups
-from pipelines.stage import GlobalStage, StageConfig, ensure_columns, unit_hash
+from pipelines.stage import StageConfig, unit_hash
 
 EMBEDDING = "clip_image_emb"
 
@@ -37,7 +37,7 @@ class SemanticDedupConfig(StageConfig):
     seed: int = 0
 
 
-class SemanticDedup(GlobalStage):
+class SemanticDedup(_groups.DedupStage):
     """One survivor per semantic-duplicate set in CLIP space; the others get
     ``dedup_semantic:duplicate_of=<uid>`` (keep rule: highest clip_score, then uid)."""
 
@@ -48,7 +48,6 @@ class SemanticDedup(GlobalStage):
 
     def __init__(self, config: SemanticDedupConfig | None = None, **params):
         super().__init__(config, **params)
-        self._duplicates = _groups.DuplicateLookup(_groups.DUPLICATES_SCHEMA.empty_table())
         self._clusters = 0
 
     def fit(self, ds) -> None:
@@ -95,15 +94,8 @@ class SemanticDedup(GlobalStage):
         duplicates = pa.concat_tables(tables) if tables else _groups.DUPLICATES_SCHEMA.empty_table()
         self._duplicates = _groups.DuplicateLookup(duplicates)
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        batch = ensure_columns(batch, self.adds)
-        return _groups.reject_duplicates(self, batch, self._duplicates)
-
-    def stats(self) -> dict[str, pa.Table]:
-        return {"duplicates": self._duplicates.table()}
-
     def summary(self) -> dict:
-        return {"clusters": self._clusters, "eps": self.config.eps, **_groups.summary_of(self._duplicates)}
+        return {"clusters": self._clusters, "eps": self.config.eps, **super().summary()}
 
 
 def embeddings(table: pa.Table, column: str = EMBEDDING) -> np.ndarray:
