@@ -19,7 +19,7 @@ import hashlib
 import os
 import posixpath
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -48,7 +48,6 @@ class RunOptions:
     force: bool = False
     progress: bool = True
     num_cpus: int | None = None
-    extra: dict = field(default_factory=dict)
 
 
 def run_pipeline(recipe: Recipe, stages: list[Stage], input_spec, output: str | Storage,
