@@ -264,12 +264,16 @@ class RayExecutor:
     the runner asks it on a GPU node (a stage that picks CUDA when one is visible then
     asks for a GPU there, as it would on a single GPU machine).
 
-    CPU shares: every actor pool of one streaming plan holds its CPUs for the whole
+    CPU budget: every actor pool of one streaming plan holds its CPUs for the whole
     plan, so on a small machine (two actor stages at 1 CPU on 2 CPUs, plus the read
     tasks) the plan would wait forever for a CPU. The CPU requests of a plan are scaled
     down together until one actor of every pool and one task fit on the smallest CPU
-    node, wherever Ray places the actors (``_cpu_share``); on nodes with many cores the
-    share is 1 and requests are the stages' own.
+    node, wherever Ray places the actors; on nodes with many cores the share is 1 and
+    requests are the stages' own. Autoscaling pools grow to one actor per CPU on one
+    machine; on a cluster, only as far as leaves one task's CPUs free: when a node dies, Ray
+    rebuilds its lost blocks by re-running tasks, and pools that had filled the
+    replacement node would leave those tasks nowhere to run (``_budget``). On one
+    machine there is no other node to lose.
     """
 
     def __init__(self, store: Storage, options: RunOptions):
@@ -293,9 +297,10 @@ class RayExecutor:
         if not options.progress:  # quiet runs (the demo, scripts): no per-dataset INFO lines
             logging.getLogger("ray.data").setLevel(logging.WARNING)
         cluster = ray.cluster_resources()
-        self.cpus = max(1, int(cluster.get("CPU", 1)))
         self.cpu_placement = {CPU_NODE_RESOURCE: CPU_NODE_SHARE} if cluster.get(CPU_NODE_RESOURCE) else None
-        self.node_cpus = _smallest_cpu_node(ray, tagged=self.cpu_placement is not None)
+        cpu_nodes = _cpu_node_sizes(ray, tagged=self.cpu_placement is not None)
+        self.node_cpus, self.cpu_capacity = min(cpu_nodes), sum(cpu_nodes)
+        self.multi_node = sum(1 for n in ray.nodes() if n["Alive"]) > 1
         self.gpus_elsewhere = cluster.get("GPU", 0) > 0 and _driver_node_gpus(ray) == 0
         self._resources: dict[int, Resources] = {}
 
@@ -312,19 +317,26 @@ class RayExecutor:
     def _on_gpu_nodes(self, resources: Resources) -> bool:
         return bool(resources.num_gpus) and self.cpu_placement is not None
 
-    def _cpu_share(self, stages: list[Stage]) -> float:
-        """The factor for the CPU requests of one streaming plan over ``stages``."""
-        actors, task = 0.0, 1.0  # read, bookkeeping and write tasks ask for 1 CPU
+    def _budget(self, stages: list[Stage]) -> "_Budget":
+        """The CPU share and the autoscaling pools' size limit of one streaming plan."""
+        fixed, growing, task = 0.0, 0.0, 1.0  # read, bookkeeping and write tasks ask for 1 CPU
         for stage in stages:
             resources = self.resources(stage)
             if self._on_gpu_nodes(resources):
                 continue
-            if _needs_actor(stage, resources):
-                actors += resources.num_cpus * (resources.concurrency or 1)
-            else:
+            if not _needs_actor(stage, resources):
                 task = max(task, resources.num_cpus)
-        share = min(1.0, self.node_cpus / (actors + task))
-        return max(int(share * 1000) / 1000, 0.001)
+            elif resources.concurrency:
+                fixed += resources.num_cpus * resources.concurrency
+            else:
+                growing += resources.num_cpus
+        share = min(1.0, self.node_cpus / (fixed + growing + task))
+        share = max(int(share * 1000) / 1000, 0.001)
+        if not self.multi_node:
+            return _Budget(share, max(1, int(self.cpu_capacity)))
+        # leave one task's CPUs for rebuilding lost blocks: see the class docstring
+        pool_size = int((self.cpu_capacity / share - task - fixed) / growing) if growing else 1
+        return _Budget(share, max(1, pool_size))
 
     def _cpu_args(self, share: float) -> dict:
         args = {"num_cpus": share}
@@ -332,8 +344,9 @@ class RayExecutor:
             args["resources"] = self.cpu_placement
         return args
 
-    def _map(self, ds, stage: Stage, share: float, method: str = "__call__"):
+    def _map(self, ds, stage: Stage, budget: "_Budget", method: str = "__call__"):
         resources = self.resources(stage)
+        share = budget.share
         common = dict(batch_format="pyarrow", batch_size=resources.batch_size, zero_copy_batch=True)
         if self._on_gpu_nodes(resources):
             common.update(num_cpus=resources.num_cpus, num_gpus=resources.num_gpus)
@@ -346,7 +359,7 @@ class RayExecutor:
         if _needs_actor(stage, resources):
             size = resources.concurrency
             pool = self.ray.data.ActorPoolStrategy(size=size) if size else \
-                self.ray.data.ActorPoolStrategy(min_size=1, max_size=self.cpus)
+                self.ray.data.ActorPoolStrategy(min_size=1, max_size=budget.pool_size)
             return ds.map_batches(
                 _StageActor,
                 fn_constructor_kwargs={"stage": stage, "method": method},
@@ -370,23 +383,26 @@ class RayExecutor:
                                              **self._cpu_args(share))
 
     def run_phase1(self, pending: list[str], exclude: list[str], stages: list[Stage], out_dir: str) -> None:
-        share = self._cpu_share(stages)
-        ds = self._read(pending, share)
+        budget = self._budget(stages)
+        ds = self._read(pending, budget.share)
         if exclude:
-            ds = self._map_blocks(ds, functools.partial(drop_uids, exclude=pa.array(exclude, pa.string())), share)
+            ds = self._map_blocks(ds, functools.partial(drop_uids, exclude=pa.array(exclude, pa.string())),
+                                  budget.share)
         for stage in stages:
-            ds = self._map(ds, stage, share)
-        written = self._map_blocks(ds, functools.partial(write_block, store=self.store, out_dir=out_dir), share)
+            ds = self._map(ds, stage, budget)
+        written = self._map_blocks(ds, functools.partial(write_block, store=self.store, out_dir=out_dir),
+                                   budget.share)
         written.take_all()
 
     def run_phase2(self, files: list[str], stages: list[Stage], staging: str, shard_rows: int) -> list[Stage]:
-        apply_share, prepare_share = self._phase2_shares(stages)
-        ds = self._read(files, prepare_share.get(0, apply_share.get(0, 1.0)))
+        apply_budget, prepare_budget = self._phase2_budgets(stages)
+        first = prepare_budget.get(0) or apply_budget.get(0) or _Budget(1.0, 1)
+        ds = self._read(files, first.share)
         for i, stage in enumerate(stages):
             if stage.is_global:
-                ds = self._map(ds, stage, prepare_share[i], method="prepare").materialize()
+                ds = self._map(ds, stage, prepare_budget[i], method="prepare").materialize()
                 stage.fit(self._map_blocks(ds, kept_rows, 1.0))
-            ds = self._map(ds, stage, apply_share[i])
+            ds = self._map(ds, stage, apply_budget[i])
         ds = ds.materialize()
         kept = self._map_blocks(ds, kept_rows, 1.0)
         rejected = self._map_blocks(ds, rejected_rows, 1.0)
@@ -397,22 +413,28 @@ class RayExecutor:
             _rename_sequential(self.store, target)
         return stages
 
-    def _phase2_shares(self, stages: list[Stage]) -> tuple[dict[int, float], dict[int, float]]:
+    def _phase2_budgets(self, stages: list[Stage]) -> tuple[dict[int, "_Budget"], dict[int, "_Budget"]]:
         """Phase 2 is one plan per global stage: from the previous global stage's apply
         to this one's prepare (then a materialize); the last runs to the end."""
-        apply_share: dict[int, float] = {}
-        prepare_share: dict[int, float] = {}
+        apply_budget: dict[int, _Budget] = {}
+        prepare_budget: dict[int, _Budget] = {}
         window: list[int] = []
         for i, stage in enumerate(stages):
             if stage.is_global:
-                share = self._cpu_share([stages[j] for j in window] + [stage])
-                apply_share.update({j: share for j in window})
-                prepare_share[i] = share
+                budget = self._budget([stages[j] for j in window] + [stage])
+                apply_budget.update({j: budget for j in window})
+                prepare_budget[i] = budget
                 window = []
             window.append(i)
-        share = self._cpu_share([stages[j] for j in window])
-        apply_share.update({j: share for j in window})
-        return apply_share, prepare_share
+        budget = self._budget([stages[j] for j in window])
+        apply_budget.update({j: budget for j in window})
+        return apply_budget, prepare_budget
+
+
+@dataclass(frozen=True)
+class _Budget:
+    share: float  # factor for every CPU request of the plan
+    pool_size: int  # most actors of an autoscaling pool
 
 
 def _parquet_files(paths: list[str], store: Storage):
@@ -437,11 +459,11 @@ def _read_file(store: Storage, path: str) -> list[pa.Table]:
     return [store.read_parquet(path)]
 
 
-def _smallest_cpu_node(ray, tagged: bool) -> float:
-    """CPUs of the smallest live node that takes CPU-only work."""
+def _cpu_node_sizes(ray, tagged: bool) -> list[float]:
+    """CPUs of every live node that takes CPU-only work."""
     cpus = [n["Resources"].get("CPU", 0) for n in ray.nodes()
             if n["Alive"] and (n["Resources"].get(CPU_NODE_RESOURCE) if tagged else n["Resources"].get("CPU"))]
-    return float(min(cpus, default=1.0)) or 1.0
+    return [c for c in cpus if c] or [1.0]
 
 
 def _driver_node_gpus(ray) -> float:

@@ -119,7 +119,7 @@ def cluster(embedded):
         cluster.wait_for_nodes()
         ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False)
         yield SimpleNamespace(cluster=cluster, head=cluster.head_node.node_id, cpu=cpu.node_id, gpu=gpu.node_id,
-                              workers={cpu.node_id: cpu})
+                              cpu_worker=cpu)
     finally:
         ray.shutdown()
         cluster.shutdown()
@@ -142,42 +142,45 @@ def test_three_nodes_give_the_embedded_output_and_gpu_work_stays_on_the_gpu_node
     assert {r["gpu_ids"] for r in kept} == {"0"}
 
 
-@pytest.mark.xfail(run=False, reason=(
-    "hangs on Ray 2.60 + cluster_utils: after the SIGKILL the download actor's tasks retry "
-    "forever against the dead worker's address ('actor temporarily unavailable') and the "
-    "actor is never restarted on the replacement node; not yet understood (issue 9)"))
 def test_a_worker_node_killed_mid_run_loses_and_duplicates_nothing(cluster, embedded, pool, web, tmp_path):
     """The only CPU worker (it holds every CPU actor and task of the run) is SIGKILLed
     mid-download and a fresh node joins in its place, as when a spot node is reclaimed
     and the autoscaler replaces it. The run completes with the embedded output: Ray
-    retries the lost tasks, restarts the lost actors and rebuilds lost blocks; the
-    phase-1 writer's uid-hash names make a retried write overwrite its file."""
-    out = tmp_path / "out"
-    killed = {}
+    retries the lost tasks, restarts the lost actors on the new node and rebuilds lost
+    blocks; the phase-1 writer's uid-hash names make a retried write overwrite its file.
 
-    def replace_the_cpu_worker_mid_download():
-        deadline = time.time() + 300
-        while time.time() < deadline and _images_served(web) < 30:
-            time.sleep(0.05)
-        killed["served"] = _images_served(web)
-        victim = cluster.workers.pop(cluster.cpu)
-        cluster.cluster.remove_node(victim, allow_graceful=False)
-        killed["node"] = victim.node_id
-        replacement = cluster.cluster.add_node(num_cpus=1, resources={CPU_NODE_RESOURCE: 1})
-        cluster.workers[replacement.node_id] = replacement
-        killed["replacement"] = replacement.node_id
+    The run goes in a thread and the kill in the main one: ``Cluster.add_node`` installs
+    a signal handler, which Python allows only on the main thread."""
+    out = tmp_path / "out"
+    result = {}
+
+    def run():
+        try:
+            result["manifest"] = run_pipeline(*_recipe_stages(DOWNLOAD_ONLY), pool, str(out), RunOptions(progress=False))
+        except BaseException as error:  # reported by the main thread
+            result["error"] = error
 
     web.requests.clear()
     web.delay = 0.1  # slow enough that the kill lands mid-download
-    killer = threading.Thread(target=replace_the_cpu_worker_mid_download, daemon=True)
+    runner = threading.Thread(target=run, daemon=True)
     try:
-        killer.start()
-        run_pipeline(*_recipe_stages(DOWNLOAD_ONLY), pool, str(out), RunOptions(progress=False))
+        runner.start()
+        deadline = time.time() + 300
+        while time.time() < deadline and runner.is_alive() and _images_served(web) < 30:
+            time.sleep(0.05)
+        served = _images_served(web)
+        victim = cluster.cpu_worker
+        cluster.cluster.remove_node(victim, allow_graceful=False)
+        cluster.cpu_worker = cluster.cluster.add_node(num_cpus=1, resources={CPU_NODE_RESOURCE: 1})
+        cluster.cpu = cluster.cpu_worker.node_id
+        runner.join(timeout=400)
     finally:
         web.delay = 0.0
-        killer.join(timeout=60)
-    assert "replacement" in killed and killed["served"] < 120, killed
-    assert killed["node"] not in {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+    assert not runner.is_alive(), "the run did not finish within 400 s of the kill"
+    assert "error" not in result, result.get("error")
+    assert 30 <= served < 120, served
+    assert victim.node_id not in {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+    assert result["manifest"]["totals"]["input"] == 120
     assert _differences(_outcome(out), embedded.download) == {}
 
 
@@ -195,7 +198,7 @@ def test_a_killed_driver_reruns_and_resumes(cluster, embedded, pool, web, tmp_pa
            "--address", cluster.cluster.address, "--no-progress"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     phase1 = out / "_work" / "phase1"
-    web.delay = 0.1
+    web.delay = 0.2  # the kill must land before the last of the six blocks
     try:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                 start_new_session=True)
