@@ -4,13 +4,17 @@
 the CPU stages ``basic_filter`` -> ``language_filter`` (fastText lid.176, an actor
 pool) -> ``dedup_minhash`` (global: MinHash signatures in parallel, LSH buckets grouped
 with Ray Data, then the apply pass). Each CPU count runs in its own process with its
-own ``ray.init(num_cpus=N)``; the input is split into partitions before the clock
-starts (the split is the same single-threaded driver step for both and is reported on
-its own), so the timed part is the runner's phase 1, phase 2 and writer.
+own ``ray.init(num_cpus=N)`` and bound to N cores (CPU affinity, inherited by Ray's
+raylet and workers): without the binding the "1 CPU" run would still do its Ray
+bookkeeping, driver and object transfers on the machine's other cores, and the ratio
+would measure the logical CPU limit, not scaling. The input is split into partitions
+before the clock starts (the split is the same single-threaded driver step for both and
+is reported on its own), so the timed part is the runner's phase 1, phase 2 and writer.
 
-Prints samples/s for each, the speed-up, and the peak resident memory of every Ray
-worker process (sampled with psutil every 0.2 s). The last line is one JSON object;
-``ratio`` is the speed-up from 1 to 2 CPUs.
+Prints samples/s for each, the speed-up, and the peak memory of every Ray worker
+process (sampled with psutil every 0.2 s): resident (RSS, which counts the shared
+object-store pages a worker has touched) and private (USS, the worker's own). The last
+line is one JSON object; ``ratio`` is the speed-up from 1 to 2 CPUs.
 
     .venv/bin/python bench/scale.py            # 200k rows, a few minutes on 2 cores
     .venv/bin/python bench/scale.py --rows 20000
@@ -93,6 +97,7 @@ class WorkerMemory:
         self.psutil = psutil
         self.interval = interval
         self.peaks: dict[int, int] = {}
+        self.private: dict[int, int] = {}
         self.driver_peak = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -104,8 +109,9 @@ class WorkerMemory:
             for proc in me.children(recursive=True):
                 try:
                     if proc.name().startswith("ray::") or "default_worker.py" in " ".join(proc.cmdline()[:3]):
-                        rss = proc.memory_info().rss
-                        self.peaks[proc.pid] = max(self.peaks.get(proc.pid, 0), rss)
+                        info = proc.memory_full_info()
+                        self.peaks[proc.pid] = max(self.peaks.get(proc.pid, 0), info.rss)
+                        self.private[proc.pid] = max(self.private.get(proc.pid, 0), info.uss)
                 except (self.psutil.NoSuchProcess, self.psutil.AccessDenied, self.psutil.ZombieProcess):
                     continue
             self._stop.wait(self.interval)
@@ -120,8 +126,11 @@ class WorkerMemory:
 
     def summary(self) -> dict:
         mib = [v / 2**20 for v in self.peaks.values()]
+        private = [v / 2**20 for v in self.private.values()]
         return {"workers": len(mib), "worker_peak_rss_mib_max": round(max(mib, default=0), 1),
                 "worker_peak_rss_mib_median": round(statistics.median(mib), 1) if mib else 0,
+                "worker_peak_uss_mib_max": round(max(private, default=0), 1),
+                "worker_peak_uss_mib_median": round(statistics.median(private), 1) if private else 0,
                 "driver_peak_rss_mib": round(self.driver_peak / 2**20, 1)}
 
 
@@ -162,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(run_one(args.one, args.pool, args.out)))
         return 0
 
+    if len(os.sched_getaffinity(0)) < 2:
+        sys.exit("bench/scale.py needs 2 cores to bind the 2 CPU run to")
     workdir = tempfile.mkdtemp(prefix="bench-scale-")
     try:
         pool = os.path.join(workdir, "pool.parquet")
@@ -171,15 +182,18 @@ def main(argv: list[str] | None = None) -> int:
             env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))}
             cmd = [sys.executable, os.path.abspath(__file__), "--one", str(cpus), "--pool", pool,
                    "--out", os.path.join(workdir, f"out-{cpus}")]
-            done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True)
+            cores = sorted(os.sched_getaffinity(0))[:cpus]
+            done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True,
+                                  preexec_fn=lambda cores=cores: os.sched_setaffinity(0, cores))
             if done.returncode:
                 sys.exit(f"{cpus} CPU run failed:\n{done.stderr[-3000:]}")
             results[cpus] = json.loads(done.stdout.strip().splitlines()[-1])
             r = results[cpus]
             print(f"{cpus} CPU: {r['rows']} rows in {r['run_s']:.1f} s = {r['samples_per_s']:.0f} samples/s "
                   f"(split {r['split_s']:.1f} s, not timed); kept {r['kept']}; {r['workers']} Ray workers, "
-                  f"peak RSS per worker max {r['worker_peak_rss_mib_max']:.0f} MiB, "
-                  f"median {r['worker_peak_rss_mib_median']:.0f} MiB; driver {r['driver_peak_rss_mib']:.0f} MiB")
+                  f"peak per worker: RSS max {r['worker_peak_rss_mib_max']:.0f} MiB "
+                  f"(median {r['worker_peak_rss_mib_median']:.0f}), private max {r['worker_peak_uss_mib_max']:.0f} MiB "
+                  f"(median {r['worker_peak_uss_mib_median']:.0f}); driver {r['driver_peak_rss_mib']:.0f} MiB")
         assert results[1]["kept"] == results[2]["kept"], "1 and 2 CPUs kept different rows"
         ratio = results[2]["samples_per_s"] / results[1]["samples_per_s"]
         print(f"speed-up 1 -> 2 CPUs: {ratio:.2f}x (target >= 1.6x); load average now {os.getloadavg()[0]:.1f}")
