@@ -135,7 +135,7 @@ def value_pairs(value_ids: np.ndarray, starts: np.ndarray, sizes: np.ndarray, ve
     same = rows != first_row[vid]
     pair_i, pair_j = [rows[same]], [first_row[vid[same]]]
     width = np.int64(values.max()) + 1
-    distinct = np.unique(run.astype(np.int64) * width + vid)  # (run, value) once, sorted
+    distinct = _sorted_unique(run.astype(np.int64) * width + vid)  # (run, value) once, sorted
     d_run, d_vid = distinct // width, distinct % width
     change = np.ones(len(distinct), dtype=bool)
     change[1:] = d_run[1:] != d_run[:-1]
@@ -144,12 +144,21 @@ def value_pairs(value_ids: np.ndarray, starts: np.ndarray, sizes: np.ndarray, ve
     a, b = pairs_in_runs(d_starts, d_sizes)
     if len(a):
         va, vb = d_vid[a], d_vid[b]  # va < vb within a run (sorted by value)
-        code = np.unique(va * width + vb)
+        code = _sorted_unique(va * width + vb)
         va, vb = code // width, code % width
         ok = np.asarray(verify(va, vb), dtype=bool)
         pair_i.append(first_row[va[ok]])
         pair_j.append(first_row[vb[ok]])
     return np.concatenate(pair_i), np.concatenate(pair_j)
+
+
+def _sorted_unique(codes: np.ndarray) -> np.ndarray:
+    """``np.unique`` for int64 codes by sort and compare: numpy 2's hash-based unique
+    takes several times longer on the millions of candidate pairs of one shard."""
+    codes = np.sort(codes)
+    keep = np.ones(len(codes), dtype=bool)
+    keep[1:] = codes[1:] != codes[:-1]
+    return codes[keep]
 
 
 @contextmanager

@@ -18,6 +18,7 @@ more words stays at Jaccard >= 0.8 (character 5-grams put the same edit near 0.7
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Literal
 
@@ -96,11 +97,19 @@ class MinHashDedup(_groups.DedupStage):
         ds = ds.select_columns(columns)
 
         def explode(table: pa.Table) -> pa.Table:
+            """One row per (sample, band). With verification, each sample's shingles go
+            along as sorted 64-bit hashes (shingled once here, not once per band)."""
             table = table.filter(table.column("minhash_bands").is_valid())
             bands = table.column("minhash_bands").combine_chunks()
             rest = table.drop_columns(["minhash_bands"])
-            repeat = pa.array(np.repeat(np.arange(table.num_rows), width))
-            out = rest.take(repeat)
+            if verify:
+                rest = rest.drop_columns(["caption"])
+                hashed = [_shingle_hashes(shingles(c, ngram, size)) for c in table.column("caption").to_pylist()]
+                rest = rest.append_column("text_key", pa.array([_set_key(h) for h in hashed], pa.uint64()))
+                offsets = np.concatenate([[0], np.cumsum([len(h) for h in hashed])]).astype(np.int64)
+                values = np.concatenate(hashed) if hashed else np.empty(0, np.uint64)
+                rest = rest.append_column("shingles", pa.LargeListArray.from_arrays(offsets, values))
+            out = rest.take(pa.array(np.repeat(np.arange(table.num_rows), width)))
             out = out.append_column("band", pa.array(np.tile(np.arange(width, dtype=np.int32), table.num_rows)))
             return out.append_column("bucket", bands.flatten())
 
@@ -109,11 +118,11 @@ class MinHashDedup(_groups.DedupStage):
             if not verify:  # LSH alone: every bucket member links to the bucket's first row
                 rest = rows != starts[run]
                 return rows[rest], starts[run][rest]
-            captions = shard.column("caption").take(pa.array(rows)).to_pylist()
-            texts, inverse = np.unique(np.array([_normalise(c) for c in captions], dtype=str), return_inverse=True)
+            keys = shard.column("text_key").to_numpy()[rows]
+            _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
             value_ids = np.full(shard.num_rows, -1, dtype=np.int64)
             value_ids[rows] = inverse.reshape(-1)
-            matrix = _shingle_matrix([shingles(t, ngram, size) for t in texts])
+            matrix = _hash_matrix(shard.column("shingles").take(pa.array(rows[first])).combine_chunks())
 
             def similar(a, b):
                 return _jaccard_at_least(matrix, a, b, threshold)
@@ -175,14 +184,27 @@ def _band_keys(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
     return keys
 
 
-def _shingle_matrix(sets: list[set[str]]):
-    """Binary CSR incidence matrix (texts x shingles)."""
+def _shingle_hashes(shingle_set: set[str]) -> np.ndarray:
+    """Sorted 64-bit hashes of a shingle set (BLAKE2b: the same in every process, unlike
+    ``hash()``; a collision inside one compared pair has odds near 2**-58)."""
+    return np.unique(np.fromiter((int.from_bytes(hashlib.blake2b(s.encode(), digest_size=8).digest(), "little")
+                                  for s in shingle_set), dtype=np.uint64, count=len(shingle_set)))
+
+
+def _set_key(hashes: np.ndarray) -> int:
+    """One 64-bit key per shingle set: equal sets (Jaccard 1) need no comparison."""
+    return int.from_bytes(hashlib.blake2b(hashes.tobytes(), digest_size=8).digest(), "little")
+
+
+def _hash_matrix(lists: pa.Array):
+    """Binary CSR incidence matrix (sets x distinct hashes) of a list array of hashes."""
     from scipy.sparse import csr_matrix
 
-    vocabulary: dict[str, int] = {}
-    indices = [vocabulary.setdefault(s, len(vocabulary)) for shingle_set in sets for s in shingle_set]
-    indptr = np.concatenate([[0], np.cumsum([len(s) for s in sets])])
-    return csr_matrix((np.ones(len(indices), np.float32), indices, indptr), shape=(len(sets), max(1, len(vocabulary))))
+    offsets = lists.offsets.to_numpy()
+    values = lists.values.to_numpy()[offsets[0] : offsets[-1]]
+    columns, indices = np.unique(values, return_inverse=True)
+    return csr_matrix((np.ones(len(indices), np.float32), indices.reshape(-1), offsets - offsets[0]),
+                      shape=(len(lists), max(1, len(columns))))
 
 
 def _jaccard_at_least(matrix, a: np.ndarray, b: np.ndarray, threshold: float) -> np.ndarray:
