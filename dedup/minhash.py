@@ -207,8 +207,13 @@ def _hash_matrix(lists: pa.Array):
                       shape=(len(lists), max(1, len(columns))))
 
 
-def _jaccard_at_least(matrix, a: np.ndarray, b: np.ndarray, threshold: float) -> np.ndarray:
-    """Exact Jaccard(row a, row b) >= threshold for each pair, vectorised."""
+def _jaccard_at_least(matrix, a: np.ndarray, b: np.ndarray, threshold: float, chunk: int = 250_000) -> np.ndarray:
+    """Exact Jaccard(row a, row b) >= threshold for each pair, vectorised in chunks of
+    pairs (a shard of templated captions can hold millions of candidate pairs, and the
+    gathered rows of each side take ~12 bytes per shingle)."""
     sizes = np.diff(matrix.indptr)
-    common = np.asarray(matrix[a].multiply(matrix[b]).sum(axis=1)).ravel()
+    common = np.empty(len(a), dtype=np.float64)
+    for start in range(0, len(a), chunk):
+        part = slice(start, start + chunk)
+        common[part] = np.asarray(matrix[a[part]].multiply(matrix[b[part]]).sum(axis=1)).ravel()
     return common >= threshold * (sizes[a] + sizes[b] - common) - 1e-9
