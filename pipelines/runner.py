@@ -367,8 +367,11 @@ class RayExecutor:
                 scheduling_strategy="SPREAD",  # a pool over several nodes: their NICs and memory
                 **common,
             )
-        fn = prepare_stage if method == "prepare" else apply_stage
-        return ds.map_batches(functools.partial(fn, stage), **common)
+        # a task takes whole blocks and slices them itself: with a batch_size Ray Data
+        # would not fuse the task into the read (or bookkeeping) task before it
+        fn = functools.partial(prepare_stage if method == "prepare" else apply_stage, stage)
+        common["batch_size"] = None
+        return ds.map_batches(functools.partial(_in_batches, stage=stage, fn=fn), **common)
 
     def _map_blocks(self, ds, fn, share: float):
         """A whole-block bookkeeping step (filter, write) on the CPU nodes."""
