@@ -14,8 +14,8 @@ Plan of a run (DESIGN.md):
 from __future__ import annotations
 
 import functools
-import logging
 import hashlib
+import logging
 import os
 import posixpath
 import time
@@ -206,18 +206,18 @@ class InlineExecutor:
         for path in pending:
             table = drop_uids(self.store.read_parquet(path), exclude_array)
             for stage in stages:
-                table = _in_batches(table, stage, functools.partial(apply_stage, stage))
+                table = _in_batches(table, stage.resources().batch_size, functools.partial(apply_stage, stage))
             write_block(table, self.store, out_dir)
 
     def run_phase2(self, files: list[str], stages: list[Stage], staging: str, shard_rows: int) -> list[Stage]:
         table = pa.concat_tables([self.store.read_parquet(f) for f in files], promote_options="permissive")
         for stage in stages:
             if stage.is_global:
-                table = _in_batches(table, stage, functools.partial(prepare_stage, stage))
+                table = _in_batches(table, stage.resources().batch_size, functools.partial(prepare_stage, stage))
                 import ray.data
 
                 stage.fit(ray.data.from_arrow(kept_rows(table)))
-            table = _in_batches(table, stage, functools.partial(apply_stage, stage))
+            table = _in_batches(table, stage.resources().batch_size, functools.partial(apply_stage, stage))
         kept, rejected = kept_rows(table), rejected_rows(table)
         for name, part, rows in (("shards", kept, shard_rows), ("rejects", rejected, 100_000)):
             for number, start in enumerate(range(0, part.num_rows, rows)):
@@ -226,8 +226,9 @@ class InlineExecutor:
         return stages
 
 
-def _in_batches(table: pa.Table, stage: Stage, fn) -> pa.Table:
-    size = stage.resources().batch_size or max(table.num_rows, 1)
+def _in_batches(table: pa.Table, batch_size: int | None, fn) -> pa.Table:
+    """``fn`` over slices of ``batch_size`` rows (None: the whole table), concatenated."""
+    size = batch_size or max(table.num_rows, 1)
     pieces = [fn(table.slice(start, size)) for start in range(0, table.num_rows, size)]
     return pa.concat_tables(pieces, promote_options="permissive") if pieces else table
 
@@ -270,8 +271,8 @@ class RayExecutor:
     down together until one actor of every pool and one task fit on the smallest CPU
     node, wherever Ray places the actors; on nodes with many cores the share is 1 and
     requests are the stages' own. Autoscaling pools grow to one actor per CPU on one
-    machine; on a cluster, only as far as leaves one task's CPUs free: when a node dies, Ray
-    rebuilds its lost blocks by re-running tasks, and pools that had filled the
+    machine; on a cluster, only as far as leaves one task's CPUs free: when a node dies,
+    Ray rebuilds its lost blocks by re-running tasks, and pools that had filled the
     replacement node would leave those tasks nowhere to run (``_budget``). On one
     machine there is no other node to lose.
     """
@@ -371,7 +372,7 @@ class RayExecutor:
         # would not fuse the task into the read (or bookkeeping) task before it
         fn = functools.partial(prepare_stage if method == "prepare" else apply_stage, stage)
         common["batch_size"] = None
-        return ds.map_batches(functools.partial(_in_batches, stage=stage, fn=fn), **common)
+        return ds.map_batches(functools.partial(_in_batches, batch_size=resources.batch_size, fn=fn), **common)
 
     def _map_blocks(self, ds, fn, share: float):
         """A whole-block bookkeeping step (filter, write) on the CPU nodes."""
