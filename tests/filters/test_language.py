@@ -1,13 +1,18 @@
-"""language_filter: fastText lid.176 (bundled, lite) offline; lang columns, keep_languages."""
+"""language_filter: fastText lid.176 (bundled, lite) offline; lang columns, keep_languages,
+rejection only when the model is confident (min_foreign_score, min_words)."""
 
 from __future__ import annotations
 
+import csv
 import socket
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
 
 from filters.language import LanguageFilter
+
+SAMPLE = Path(__file__).parent / "data" / "language_captions.tsv"  # written by bench/language.py --write-sample
 
 CAPTIONS = {
     "en": "a brown dog running on the beach at sunset",
@@ -77,3 +82,85 @@ def test_rows_already_rejected_get_no_language(offline):
     out = LanguageFilter(keep_languages=["en"])(table().slice(6))
     assert out.column("lang").to_pylist() == [None, None]
     assert out.column("reject").to_pylist() == ["language_filter:no_text", "basic_filter:image_too_small"]
+
+
+def run(captions: list[str], **params) -> dict[str, dict]:
+    batch = pa.table({"uid": [str(i) for i in range(len(captions))], "caption": pa.array(captions, pa.string()),
+                      "reject": pa.nulls(len(captions), pa.string())})
+    out = LanguageFilter(**params)(batch)
+    return dict(zip(captions, out.select(["lang", "lang_score", "lang_foreign_score", "reject"]).to_pylist()))
+
+
+# Alt-texts the lite model calls another language (issue 14): he 0.63, ceb 0.30, nl 0.10.
+SHORT_ENGLISH = ["IMG_2263 T-shirt", "T-shirt", "slim sneaker, item #3515", "DSC_0042.jpg", "2 pack socks"]
+
+
+def test_short_english_alt_texts_are_kept_and_marked_und(offline):
+    got = run(SHORT_ENGLISH + ["buy cozy T-shirt online, free shipping"], keep_languages=["en"])
+    for caption in SHORT_ENGLISH:
+        assert got[caption]["reject"] is None, caption
+        assert got[caption]["lang"] == "und", caption
+        assert got[caption]["lang_score"] is not None  # the distrusted guess's probability stays
+    assert got["IMG_2263 T-shirt"]["lang_foreign_score"] > 0.85  # confident-looking, but one real word
+    seo = got["buy cozy T-shirt online, free shipping"]
+    assert seo["reject"] is None and seo["lang"] == "en"
+
+
+def test_confident_foreign_sentences_are_rejected_with_their_language(offline):
+    foreign = {code: caption for code, caption in CAPTIONS.items() if code != "en"}
+    got = run(list(foreign.values()) + [CAPTIONS["en"]], keep_languages=["en"])
+    for code, caption in foreign.items():
+        assert got[caption]["reject"] == f"language_filter:language={code}"
+        assert got[caption]["lang"] == code
+        assert got[caption]["lang_foreign_score"] >= 0.85
+    assert got[CAPTIONS["en"]]["lang"] == "en" and got[CAPTIONS["en"]]["reject"] is None
+
+
+def test_close_relatives_count_together(offline):
+    # Galician: top guess es 0.49, gl 0.47, pt 0.04; none alone is sure, together they are.
+    got = run(["A conexión está pechado"], keep_languages=["en"])["A conexión está pechado"]
+    assert got["lang_score"] < 0.5 and got["lang_foreign_score"] > 0.95
+    assert got["reject"] == "language_filter:language=es"
+
+
+def test_min_foreign_score_and_min_words_are_configurable(offline):
+    captions = ["slim sneaker, item #3515", "T-shirt", "hat on sale"]
+    default = run(captions, keep_languages=["en"])
+    assert default["slim sneaker, item #3515"]["reject"] is None  # 3 words, foreign score 0.18
+    assert default["hat on sale"]["reject"] == "language_filter:language=de"  # the model is 0.96 sure
+    lenient = run(captions, keep_languages=["en"], min_foreign_score=0.1)
+    assert lenient["slim sneaker, item #3515"]["reject"] == "language_filter:language=nl"
+    assert lenient["T-shirt"]["reject"] is None  # one word: not judged at any threshold
+    strict = run(captions, keep_languages=["en"], min_foreign_score=0.99)
+    assert strict["hat on sale"]["lang"] == "und" and strict["hat on sale"]["reject"] is None
+    old_rule = run(captions, keep_languages=["en"], min_foreign_score=0.0, min_words=0)
+    assert old_rule["T-shirt"]["reject"] == "language_filter:language=ceb"
+
+
+def test_annotate_only_marks_too_short_captions_und(offline):
+    got = run(["T-shirt", CAPTIONS["de"]])
+    assert got["T-shirt"]["lang"] == "und" and got["T-shirt"]["reject"] is None
+    assert got[CAPTIONS["de"]]["lang"] == "de" and got[CAPTIONS["de"]]["reject"] is None
+    assert got[CAPTIONS["de"]]["lang_foreign_score"] is None  # no keep_languages, nothing is foreign
+
+
+def test_cjk_characters_count_as_words(offline):
+    got = run(["帽子", CAPTIONS["ja"]], keep_languages=["en"])
+    assert got["帽子"]["lang"] == "und" and got["帽子"]["reject"] is None  # two characters
+    assert got[CAPTIONS["ja"]]["reject"] == "language_filter:language=ja"
+
+
+def test_defaults_on_the_labelled_sample(offline):
+    """Held-out sample of bench/language.py's set: English alt-texts and sentences,
+    translations from Debian's gettext catalogs in 41 languages."""
+    with SAMPLE.open(encoding="utf-8") as f:
+        rows = list(csv.DictReader((line for line in f if not line.startswith("#")), delimiter="\t",
+                                   quoting=csv.QUOTE_NONE))
+    assert len(rows) > 500
+    got = run([r["caption"] for r in rows], keep_languages=["en"])
+    rejected = {kind: [got[r["caption"]]["reject"] is not None for r in rows if r["kind"] == kind]
+                for kind in ("english_alt", "english_sentence", "foreign")}
+    assert sum(rejected["english_alt"]) <= 0.01 * len(rejected["english_alt"])
+    assert not any(rejected["english_sentence"])
+    assert sum(rejected["foreign"]) >= 0.75 * len(rejected["foreign"])
+    assert {v["lang"] for v in got.values() if v["reject"] is None} <= {"en", "und"}
