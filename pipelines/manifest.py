@@ -3,6 +3,12 @@
 Counts are read back from the written files (not from counters kept during the
 run), so the manifest describes the output as it is on disk. The accounting
 invariant ``input = kept + rejected`` and uid uniqueness are checked here.
+
+Each stage entry also says what the stage cost (``cost``: worker-seconds, CPU and GPU
+seconds, rows per worker-second, share of all stages' time) and, when it removed more
+than the recipe's ``warn_reject_share`` of the rows it received, why (``warning``); the
+top-level ``warnings`` lists those one per line. ``project_full_run`` turns a preview's
+costs into an estimate of the full input's wall time.
 """
 
 from __future__ import annotations
@@ -28,7 +34,11 @@ def reason_key(reject: str) -> str:
 
 
 def build_manifest(*, output: Storage, recipe: Recipe, stages: list[Stage], index: dict, stats_files: dict,
-                   recipe_source: str | None, wall_s: float) -> dict:
+                   recipe_source: str | None, wall_s: float, costs: dict[str, dict] | None = None,
+                   timing: dict | None = None) -> dict:
+    """``costs``: per stage label, what the runner measured (worker_s, cpu_s, gpu_s, fit_s,
+    num_cpus, num_gpus, max_workers); ``timing``: wall seconds per phase and the capacity
+    the run had (executor, cpus, gpus)."""
     shards = [_file_entry(output, "shards", f) for f in _names(output, "shards")]
     rejects = [_file_entry(output, "rejects", f) for f in _names(output, "rejects")]
     reasons: Counter[str] = Counter()
@@ -49,30 +59,35 @@ def build_manifest(*, output: Storage, recipe: Recipe, stages: list[Stage], inde
             f"accounting failed: input {index['rows']} rows, kept {kept} + rejected {rejected}, "
             f"{rows_seen - len(uids)} duplicated uids"
         )
+    funnel = _funnel(stages, reasons, index["rows"], costs or {})
     return {
         "recipe": recipe.model_dump(),
         "recipe_path": recipe_source,
         "input": {"paths": index["paths"], "rows": index["rows"], "partitions": len(index["partitions"])},
         "seed": recipe.seed,
         "versions": _versions(),
-        "stages": _funnel(stages, reasons, index["rows"]),
+        "stages": funnel,
         "totals": {"input": index["rows"], "kept": kept, "rejected": rejected},
+        "warnings": flag_stages(funnel, recipe.warn_reject_share),
         "shards": shards,
         "rejects": rejects,
         "stats": stats_files,
         "wall_s": round(wall_s, 3),
+        "timing": timing or {},
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
 
 
-def _funnel(stages: list[Stage], reasons: Counter, total: int) -> list[dict]:
-    """Per-stage in/kept/rejected, in recipe order; the reader is the ``input`` stage."""
+def _funnel(stages: list[Stage], reasons: Counter, total: int, costs: dict[str, dict]) -> list[dict]:
+    """Per-stage in/kept/rejected (and cost, where measured), in recipe order; the reader
+    is the ``input`` stage."""
     entries, remaining = [], total
     labels = [("input", "input", None)] + [(s.label, s.name, s) for s in stages]
     known = {label for label, _, _ in labels}
     unknown = sorted({r for r in reasons if r.split(":", 1)[0] not in known})
     if unknown:
         raise RuntimeError(f"reject reasons from no stage of this recipe: {unknown[:3]}")
+    all_worker_s = sum(cost["worker_s"] for cost in costs.values())
     for label, kind, stage in labels:
         mine = {r: n for r, n in sorted(reasons.items()) if r.split(":", 1)[0] == label}
         rejected = sum(mine.values())
@@ -83,9 +98,51 @@ def _funnel(stages: list[Stage], reasons: Counter, total: int) -> list[dict]:
             summary = stage.summary() if hasattr(stage, "summary") else {}
             if summary:
                 entry["summary"] = summary
+        if label in costs:
+            entry["cost"] = _cost_entry(costs[label], remaining, all_worker_s)
         entries.append(entry)
         remaining -= rejected
     return entries
+
+
+def _cost_entry(cost: dict, rows: int, all_worker_s: float) -> dict:
+    """A stage's cost with the figures to compare stages by: rows it received per
+    worker-second, and its share of all stages' worker-seconds."""
+    worker_s = cost["worker_s"]
+    return {
+        "rows": rows, "worker_s": round(worker_s, 4), "cpu_s": round(cost["cpu_s"], 4),
+        "gpu_s": round(cost["gpu_s"], 4), "fit_s": round(cost["fit_s"], 4),
+        "rows_per_s": round(rows / worker_s, 2) if worker_s > 0 else None,
+        "share": round(worker_s / all_worker_s, 4) if all_worker_s > 0 else None,
+        "num_cpus": cost["num_cpus"], "num_gpus": cost["num_gpus"], "max_workers": cost["max_workers"],
+    }
+
+
+def stage_warning(entry: dict, threshold: float) -> dict | None:
+    """The warning for a funnel entry that removed more than ``threshold`` of the rows it
+    received, with its top three reasons; None otherwise. An unusual share is more often
+    a wrong parameter or input column than a bad pool (DESIGN.md, "Curation is measured")."""
+    if not entry["in"] or entry["rejected"] / entry["in"] <= threshold:
+        return None
+    share = entry["rejected"] / entry["in"]
+    top = dict(sorted(entry["reasons"].items(), key=lambda kv: (-kv[1], kv[0]))[:3])
+    reasons = ", ".join(f"{r.split(':', 1)[-1]}={n:,}" for r, n in top.items())
+    return {
+        "share_removed": round(share, 4), "threshold": threshold, "top_reasons": top,
+        "message": f"{entry['name']} removed {share:.1%} of the {entry['in']:,} rows it received "
+                   f"(warn_reject_share {threshold * 100:g}%): {reasons}",
+    }
+
+
+def flag_stages(entries: list[dict], threshold: float) -> list[str]:
+    """Set ``warning`` on each entry over ``threshold``; returns their one-line messages."""
+    messages = []
+    for entry in entries:
+        warning = stage_warning(entry, threshold)
+        if warning is not None:
+            entry["warning"] = warning
+            messages.append(warning["message"])
+    return messages
 
 
 def _names(output: Storage, folder: str) -> list[str]:
@@ -119,11 +176,97 @@ def write_json_atomic(store: Storage, path: str, data: dict) -> None:
 
 
 def format_funnel(manifest: dict) -> str:
-    """The per-stage funnel as a plain-text table, for the end of a run."""
-    lines = [f"{'stage':<22}{'in':>9}{'kept':>9}{'rejected':>10}  reasons"]
+    """The per-stage funnel as a plain-text table, for the end of a run: rows, the share
+    each stage removed (``!``: over warn_reject_share, explained under the table), and its
+    worker-seconds and rows per worker-second, which say which stage to scale."""
+    lines = [f"{'stage':<22}{'in':>9}{'kept':>9}{'rejected':>10}{'removed':>9}{'worker_s':>10}{'rows/s':>10}"
+             f"  reasons"]
     for stage in manifest["stages"]:
+        cost = stage.get("cost") or {}
+        name = stage["name"] + (" !" if stage.get("warning") else "")
         reasons = ", ".join(f"{r.split(':', 1)[1]}={n}" for r, n in stage["reasons"].items())
-        lines.append(f"{stage['name']:<22}{stage['in']:>9}{stage['kept']:>9}{stage['rejected']:>10}  {reasons}")
+        lines.append(f"{name:<22}{stage['in']:>9}{stage['kept']:>9}{stage['rejected']:>10}"
+                     f"{_percent(stage['rejected'], stage['in']):>9}{_figure(cost.get('worker_s')):>10}"
+                     f"{_figure(cost.get('rows_per_s')):>10}  {reasons}")
     totals = manifest["totals"]
-    lines.append(f"{'total':<22}{totals['input']:>9}{totals['kept']:>9}{totals['rejected']:>10}")
+    worker_s = [s["cost"]["worker_s"] for s in manifest["stages"] if s.get("cost")]
+    lines.append(f"{'total':<22}{totals['input']:>9}{totals['kept']:>9}{totals['rejected']:>10}"
+                 f"{_percent(totals['rejected'], totals['input']):>9}{_figure(sum(worker_s) if worker_s else None):>10}")
+    lines += [f"! {message}" for message in manifest.get("warnings", [])]
+    phases = manifest.get("timing", {}).get("phases_s")
+    if phases:
+        lines.append(f"wall {manifest['wall_s']:.1f} s: " + ", ".join(f"{k} {v:.1f} s" for k, v in phases.items()))
     return "\n".join(lines)
+
+
+PROJECTION_FORMULA = ("overhead + ratio x (split + write) + sum over stages of ratio x ((worker_s - fit_s) "
+                      "/ max_workers + fit_s), ratio = input rows / sample rows")
+
+
+def project_full_run(manifest: dict, input_rows: int) -> dict:
+    """Estimate the wall time of all ``input_rows`` from a preview's manifest.
+
+    ratio = input rows / sample rows; each stage takes
+    ratio x ((worker_s - fit_s) / max_workers + fit_s): its calls spread over the workers
+    that fit on this machine or cluster at once, its fit once on the driver; the split and
+    the write take ratio x their time; the overhead is the preview's wall time spent
+    outside stage calls, split and write (Ray start, model loading, scheduling), counted
+    once. An estimate: it assumes cost grows with rows (a fit may grow faster), every
+    worker busy, and the sample's hosts as fast as the rest's."""
+    ratio = input_rows / max(manifest["totals"]["input"], 1)
+    timing = manifest.get("timing", {})
+    phases = timing.get("phases_s", {})
+    stages, worker_s = {}, 0.0
+    for entry in manifest["stages"]:
+        cost = entry.get("cost")
+        if cost:
+            worker_s += cost["worker_s"]
+            spread = (cost["worker_s"] - cost["fit_s"]) / cost["max_workers"] + cost["fit_s"]
+            stages[entry["name"]] = {"worker_s": cost["worker_s"], "max_workers": cost["max_workers"],
+                                     "projected_s": round(ratio * spread, 3)}
+    driver = phases.get("split", 0.0) + phases.get("write", 0.0)
+    overhead = max(0.0, manifest["wall_s"] - driver - worker_s)
+    total = overhead + ratio * driver + sum(s["projected_s"] for s in stages.values())
+    return {
+        "input_rows": input_rows, "sample_rows": manifest["totals"]["input"], "ratio": round(ratio, 3),
+        "executor": timing.get("executor"), "cpus": timing.get("cpus"), "gpus": timing.get("gpus"),
+        "stages": stages, "split_write_s": round(ratio * driver, 3), "overhead_s": round(overhead, 3),
+        "wall_s": round(total, 1),
+        "formula": PROJECTION_FORMULA,
+    }
+
+
+def format_projection(preview: dict) -> str:
+    """A preview's projection as plain text: one line per stage, then the estimate."""
+    p = preview["projection"]
+    lines = [f"preview: {preview['sample_rows']:,} of {p['input_rows']:,} input rows, drawn by uid hash "
+             f"(x{p['ratio']:g} for the full input)",
+             f"{'stage':<22}{'worker_s':>10}{'workers':>9}{'projected':>12}"]
+    for name, stage in p["stages"].items():
+        lines.append(f"{name:<22}{_figure(stage['worker_s']):>10}{stage['max_workers']:>9}"
+                     f"{_duration(stage['projected_s']):>12}")
+    lines.append(f"{'split + write':<22}{'':>19}{_duration(p['split_write_s']):>12}")
+    lines.append(f"{'fixed overhead':<22}{'':>19}{_duration(p['overhead_s']):>12}")
+    where = f"{p['executor']}, {p['cpus']:g} CPUs, {p['gpus']:g} GPUs"
+    lines.append(f"projected wall time for all {p['input_rows']:,} rows here ({where}): "
+                 f"~{_duration(p['wall_s'])} (an estimate: {p['formula']})")
+    return "\n".join(lines)
+
+
+def _percent(part: int, whole: int) -> str:
+    return f"{part / whole:.1%}" if whole else "-"
+
+
+def _figure(value) -> str:
+    """Seconds or rates for a table, or ``-`` when not measured."""
+    if value is None:
+        return "-"
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.2f}"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"

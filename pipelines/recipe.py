@@ -19,6 +19,8 @@ from pipelines.errors import RecipeError
 from pipelines.registry import UnknownStage, stage_class
 from pipelines.stage import SAMPLE_SCHEMA, Stage
 
+WARN_REJECT_SHARE = 0.3
+
 
 class InputConfig(BaseModel):
     """How to read the URL + caption list."""
@@ -43,6 +45,10 @@ class Recipe(BaseModel):
     seed: int = 0
     input: InputConfig = InputConfig()
     output: OutputConfig = OutputConfig()
+    warn_reject_share: float = Field(
+        WARN_REJECT_SHARE, ge=0.0, le=1.0,
+        description="flag a stage (the input reader too) that removes more than this share of the rows it receives",
+    )
     stages: list[dict] = Field(default_factory=list)
 
 

@@ -9,10 +9,19 @@ Plan of a run (DESIGN.md):
 3. phase 2: global stages (prepare -> fit -> apply) and the stages after them;
 4. the writer splits kept rows into ``shards/`` and rejected rows (no image bytes)
    into ``rejects/``; the manifest is written last, after the accounting check.
+
+Cost: each stage call is timed where it runs (wall and CPU seconds, model loading
+excluded) and its seconds are spread over the call's rows as ``_cost_wall.<label>`` and
+``_cost_cpu.<label>`` columns. They travel with the rows through Ray's batching, retries
+and the phase-1 files (a resumed run keeps what earlier attempts spent), are summed on
+the driver before the write, and the writer drops them (docs/architecture.md, "Where
+the time goes").
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import hashlib
 import logging
@@ -21,17 +30,21 @@ import posixpath
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.errors import UserError
-from pipelines.manifest import build_manifest, write_json_atomic
-from pipelines.readers import split_input
+from pipelines.manifest import build_manifest, project_full_run, write_json_atomic
+from pipelines.readers import input_files, read_input_table, split_input
 from pipelines.recipe import Recipe
-from pipelines.stage import REJECT, GlobalStage, Resources, Stage
+from pipelines.stage import REJECT, GlobalStage, Resources, Stage, make_uid, set_column, unit_hash
 from pipelines.storage import Storage
 
 WORK = "_work"
+PREVIEW = "preview"  # the folder under --output that a --sample run writes
+COST_WALL = "_cost_wall."
+COST_CPU = "_cost_cpu."
 # Custom resource of the nodes that take CPU-only work (cluster.yaml gives it to the head
 # and the CPU worker type). When a cluster has it, CPU work asks for a sliver of it, so
 # it never runs on GPU nodes and leaves their CPUs to the GPU stages' actors.
@@ -59,6 +72,7 @@ def run_pipeline(recipe: Recipe, stages: list[Stage], input_spec, output: str | 
     storage, or a shared mount)."""
     options = options or RunOptions()
     started = time.time()
+    phases: dict[str, float] = {}
     out = output if isinstance(output, Storage) else Storage.at(output)
     if options.force:
         out.rmtree(out.root)
@@ -66,36 +80,102 @@ def run_pipeline(recipe: Recipe, stages: list[Stage], input_spec, output: str | 
         raise UserError(f"{out.uri()}: already holds a finished run (manifest.json); use --force or a new --output")
     work = out.child(WORK)
     work.makedirs(work.root)
-    index = split_input(input_spec, recipe.input, work)
+    with _timed(phases, "split"):
+        index = split_input(input_spec, recipe.input, work)
 
     first_global = next((i for i, s in enumerate(stages) if s.is_global), len(stages))
     phase1_stages, phase2_stages = stages[:first_global], stages[first_global:]
-    executor = InlineExecutor(out) if options.inline else RayExecutor(out, options)
+    with _timed(phases, "start"):
+        executor = InlineExecutor(out) if options.inline else RayExecutor(out, options)
+        planned = {stage.label: executor.resources(stage) for stage in stages}  # before fit changes them
 
     phase1_dir = work.path("phase1")
     work.makedirs(phase1_dir)
-    pending, exclude = _pending_partitions(index, work, phase1_dir)
-    if pending:
-        executor.run_phase1(pending, exclude, phase1_stages, phase1_dir)
-    phase1_files = _check_phase1(index, work, phase1_dir)
+    with _timed(phases, "phase1"):
+        pending, exclude = _pending_partitions(index, work, phase1_dir)
+        if pending:
+            executor.run_phase1(pending, exclude, phase1_stages, phase1_dir)
+        phase1_files = _check_phase1(index, work, phase1_dir)
 
     staging = work.path("final")
     work.rmtree(staging)
-    fitted = executor.run_phase2(phase1_files, phase2_stages, staging, recipe.output.shard_rows)
+    with _timed(phases, "phase2"):
+        phase2 = executor.run_phase2(phase1_files, phase2_stages)
+        seconds = executor.cost_totals(phase2)  # before the writer drops the cost columns
 
-    stats_files = _write_stats(fitted, work, staging)
-    for name in ("shards", "rejects", "stats"):
-        out.move_files(posixpath.join(staging, name), out.path(name))
+    with _timed(phases, "write"):
+        executor.write(phase2, staging, recipe.output.shard_rows)
+        stats_files = _write_stats(phase2_stages, work, staging)
+        for name in ("shards", "rejects", "stats"):
+            out.move_files(posixpath.join(staging, name), out.path(name))
     manifest = build_manifest(
         output=out, recipe=recipe, stages=stages, index=index, stats_files=stats_files,
         recipe_source=recipe_source, wall_s=time.time() - started,
+        costs=_stage_costs(stages, seconds, phase2.fit, planned, executor.capacity),
+        timing={"phases_s": phases, **executor.capacity},
     )
     write_json_atomic(out, out.path("manifest.json"), manifest)
     work.rmtree(staging)
     return manifest
 
 
-# ------------------------------------------------------------------ resume bookkeeping
+def run_preview(recipe: Recipe, stages: list[Stage], input_spec, output: str | Storage, sample_rows: int,
+                options: RunOptions | None = None, recipe_source: str | None = None) -> dict:
+    """Run ``stages`` on ``sample_rows`` input rows drawn at random and project the full run.
+
+    The sample is the rows with the smallest ``unit_hash(uid, "preview", seed)``: uniform,
+    the same on every call with the same input and recipe seed, and nested (a larger sample
+    holds a smaller one). It runs into ``output/preview``, replaced on every call, so a
+    preview never mixes with a full run's files. Returns the preview's manifest; its
+    ``preview`` key holds the sample's size and ``project_full_run``'s estimate."""
+    if sample_rows < 1:
+        raise UserError(f"--sample {sample_rows}: give a number of rows above 0")
+    out = (output if isinstance(output, Storage) else Storage.at(output)).child(PREVIEW)
+    out.rmtree(out.root)
+    sample = _sample_input(input_spec, recipe, sample_rows)
+    sample_path = out.path(WORK, "sample.parquet")
+    out.write_parquet(sample.rows, sample_path)
+    # the sample holds the reader's normalised columns, in parquet
+    as_read = recipe.input.model_copy(update={"format": "parquet", "url_col": "url", "caption_col": "caption"})
+    manifest = run_pipeline(recipe.model_copy(update={"input": as_read}), stages, sample_path, out,
+                            dataclasses.replace(options or RunOptions(), force=False), recipe_source)
+    manifest["preview"] = {
+        "input": {"paths": sample.paths, "rows": sample.input_rows},
+        "sample_rows": sample.rows.num_rows,
+        "projection": project_full_run(manifest, sample.input_rows),
+    }
+    write_json_atomic(out, out.path("manifest.json"), manifest)
+    return manifest
+
+
+# ------------------------------------------------------------------ preview sample
+
+
+@dataclass
+class _Sample:
+    rows: pa.Table  # url, caption and the extra input columns, as the reader gives them
+    input_rows: int
+    paths: list[str]
+
+
+def _sample_input(input_spec, recipe: Recipe, rows: int) -> _Sample:
+    """The ``rows`` input rows with the smallest draws, reading one input file at a time
+    (memory: the sample plus one file). The uid is the reader's: a hash of url + caption."""
+    draw = "_preview_draw"
+    paths = input_files(input_spec)
+    chosen, total = None, 0
+    for path in paths:
+        table = read_input_table(path, recipe.input)
+        total += table.num_rows
+        uids = [make_uid(url or "", caption or "") for url, caption in
+                zip(table.column("url").to_pylist(), table.column("caption").to_pylist())]
+        table = table.append_column(draw, pa.array(unit_hash(uids, PREVIEW, recipe.seed)))
+        chosen = table if chosen is None else pa.concat_tables([chosen, table], promote_options="permissive")
+        chosen = chosen.take(pc.select_k_unstable(chosen, min(rows, chosen.num_rows), [(draw, "ascending")]))
+    return _Sample(chosen.sort_by(draw).drop_columns([draw]), total, paths)
+
+
+# ------------------------------------------------------------------ run bookkeeping: resume, phases, costs
 
 
 def _pending_partitions(index: dict, work: Storage, phase1_dir: str) -> tuple[list[str], list[str]]:
@@ -128,6 +208,14 @@ def _check_phase1(index: dict, work: Storage, phase1_dir: str) -> list[str]:
     return files
 
 
+@contextlib.contextmanager
+def _timed(phases: dict[str, float], name: str):
+    """Wall seconds of one phase of this attempt, into ``phases[name]``."""
+    started = time.perf_counter()
+    yield
+    phases[name] = round(time.perf_counter() - started, 3)
+
+
 def _write_stats(stages: list[Stage], work: Storage, staging: str) -> dict[str, str]:
     files = {}
     for stage in stages:
@@ -140,23 +228,110 @@ def _write_stats(stages: list[Stage], work: Storage, staging: str) -> dict[str, 
     return files
 
 
+def _stage_costs(stages: list[Stage], seconds: dict[str, float], fits: dict[str, _Seconds],
+                 planned: dict[str, Resources], capacity: dict) -> dict[str, dict]:
+    """Per stage: seconds of its calls (summed cost columns) plus its fit on the driver,
+    GPU-seconds (call seconds x the GPUs a worker holds), and how many of its workers fit
+    on this machine or cluster at once (for the preview's projection)."""
+    costs = {}
+    for stage in stages:
+        resources, fit = planned[stage.label], fits.get(stage.label, _Seconds())
+        calls = seconds.get(COST_WALL + stage.label, 0.0)
+        costs[stage.label] = {
+            "worker_s": calls + fit.wall, "cpu_s": seconds.get(COST_CPU + stage.label, 0.0) + fit.cpu,
+            "gpu_s": calls * resources.num_gpus, "fit_s": fit.wall, "num_cpus": resources.num_cpus,
+            "num_gpus": resources.num_gpus, "max_workers": _max_workers(resources, capacity),
+        }
+    return costs
+
+
+def _max_workers(resources: Resources, capacity: dict) -> int:
+    """GPUs / num_gpus for a GPU stage, else CPUs / num_cpus; at most a fixed pool's size."""
+    if resources.num_gpus > 0:
+        fit = capacity["gpus"] / resources.num_gpus
+    else:
+        fit = capacity["cpus"] / max(resources.num_cpus, 0.001)
+    if resources.concurrency:
+        fit = min(fit, resources.concurrency)
+    return max(1, int(fit))
+
+
 # ------------------------------------------------------------------ shared block helpers
+
+
+@dataclass(frozen=True)
+class _Seconds:
+    wall: float = 0.0
+    cpu: float = 0.0
+
+
+class _Stopwatch:
+    """Wall and CPU seconds of this process since it was made: one stage call, one fit."""
+
+    def __init__(self):
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def elapsed(self) -> _Seconds:
+        return _Seconds(time.perf_counter() - self.wall, time.process_time() - self.cpu)
 
 
 def apply_stage(stage: Stage, batch: pa.Table) -> pa.Table:
     stage.ensure_setup()
+    watch = _Stopwatch()
     out = stage(batch)
+    spent = watch.elapsed()
     if out.num_rows != batch.num_rows:
         raise RuntimeError(f"stage {stage.label} returned {out.num_rows} rows for {batch.num_rows}")
-    return out
+    return _charge(out, stage.label, spent)
 
 
 def prepare_stage(stage: GlobalStage, batch: pa.Table) -> pa.Table:
     stage.ensure_setup()
+    watch = _Stopwatch()
     out = stage.prepare(batch)
+    spent = watch.elapsed()
     if out.num_rows != batch.num_rows:
         raise RuntimeError(f"stage {stage.label} prepare returned {out.num_rows} rows for {batch.num_rows}")
-    return out
+    return _charge(out, stage.label, spent)
+
+
+def _fit(stage: GlobalStage, kept) -> _Seconds:
+    """``stage.fit`` on the driver, timed: its seconds count as the stage's."""
+    watch = _Stopwatch()
+    stage.fit(kept)
+    return watch.elapsed()
+
+
+def _charge(batch: pa.Table, label: str, spent: _Seconds) -> pa.Table:
+    """Spread one call's seconds evenly over its rows (adding to what the stage's prepare
+    call charged them): the cost goes wherever Ray sends the rows, and a retried task
+    charges its rows once, as it writes them once."""
+    share = max(batch.num_rows, 1)
+    for prefix, seconds in ((COST_WALL, spent.wall), (COST_CPU, spent.cpu)):
+        name = prefix + label
+        charged = pa.array(np.full(batch.num_rows, seconds / share))
+        if name in batch.column_names:
+            charged = pc.add(pc.fill_null(batch.column(name), 0.0), charged)
+        batch = set_column(batch, name, charged)
+    return batch
+
+
+def cost_sums(batch: pa.Table) -> pa.Table:
+    """A block's cost columns summed, one row per column (the same schema for every block)."""
+    names = _cost_columns(batch)
+    return pa.table({"column": pa.array(names, pa.string()),
+                     "seconds": pa.array([pc.sum(batch.column(n)).as_py() or 0.0 for n in names], pa.float64())})
+
+
+def _add_up(sums: list[dict]) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for row in sums:
+        totals[row["column"]] = totals.get(row["column"], 0.0) + row["seconds"]
+    return totals
+
+
+def _cost_columns(batch: pa.Table) -> list[str]:
+    return [name for name in batch.column_names if name.startswith((COST_WALL, COST_CPU))]
 
 
 def write_block(batch: pa.Table, store: Storage, out_dir: str) -> pa.Table:
@@ -176,17 +351,29 @@ def drop_uids(batch: pa.Table, exclude: pa.Array) -> pa.Table:
 
 
 def kept_rows(batch: pa.Table) -> pa.Table:
-    return batch.filter(pc.is_null(batch.column(REJECT)))
+    """Kept rows as the shards (and a global stage's fit) get them: without cost columns."""
+    kept = batch.filter(pc.is_null(batch.column(REJECT)))
+    return kept.drop_columns(_cost_columns(kept))
 
 
 def rejected_rows(batch: pa.Table) -> pa.Table:
+    """Rejected rows as the rejects get them: without image bytes and cost columns."""
     rejected = batch.filter(pc.is_valid(batch.column(REJECT)))
-    return rejected.drop_columns(["image"]) if "image" in rejected.column_names else rejected
+    return rejected.drop_columns([c for c in rejected.column_names if c == "image"] + _cost_columns(rejected))
 
 
 def _needs_actor(stage: Stage, resources: Resources) -> bool:
     """Actors only where a stage loads something in setup() or needs a GPU."""
     return resources.num_gpus > 0 or resources.concurrency is not None or type(stage).setup is not Stage.setup
+
+
+@dataclass
+class _Phase2:
+    """Phase 2's rows, materialised (a Ray Dataset, or a table inline), and each global
+    stage's fit time on the driver."""
+
+    rows: object
+    fit: dict[str, _Seconds]
 
 
 # ------------------------------------------------------------------ inline executor
@@ -200,6 +387,10 @@ class InlineExecutor:
 
     def __init__(self, store: Storage):
         self.store = store
+        self.capacity = {"executor": "inline", "cpus": 1, "gpus": 0}
+
+    def resources(self, stage: Stage) -> Resources:
+        return stage.resources()
 
     def run_phase1(self, pending: list[str], exclude: list[str], stages: list[Stage], out_dir: str) -> None:
         exclude_array = pa.array(exclude, pa.string())
@@ -209,21 +400,27 @@ class InlineExecutor:
                 table = _in_batches(table, stage.resources().batch_size, functools.partial(apply_stage, stage))
             write_block(table, self.store, out_dir)
 
-    def run_phase2(self, files: list[str], stages: list[Stage], staging: str, shard_rows: int) -> list[Stage]:
+    def run_phase2(self, files: list[str], stages: list[Stage]) -> _Phase2:
         table = pa.concat_tables([self.store.read_parquet(f) for f in files], promote_options="permissive")
+        fit = {}
         for stage in stages:
             if stage.is_global:
                 table = _in_batches(table, stage.resources().batch_size, functools.partial(prepare_stage, stage))
                 import ray.data
 
-                stage.fit(ray.data.from_arrow(kept_rows(table)))
+                fit[stage.label] = _fit(stage, ray.data.from_arrow(kept_rows(table)))
             table = _in_batches(table, stage.resources().batch_size, functools.partial(apply_stage, stage))
-        kept, rejected = kept_rows(table), rejected_rows(table)
+        return _Phase2(table, fit)
+
+    def cost_totals(self, phase2: _Phase2) -> dict[str, float]:
+        return _add_up(cost_sums(phase2.rows).to_pylist())
+
+    def write(self, phase2: _Phase2, staging: str, shard_rows: int) -> None:
+        kept, rejected = kept_rows(phase2.rows), rejected_rows(phase2.rows)
         for name, part, rows in (("shards", kept, shard_rows), ("rejects", rejected, 100_000)):
             for number, start in enumerate(range(0, part.num_rows, rows)):
                 path = posixpath.join(staging, name, f"part-{number:05d}.parquet")
                 self.store.write_parquet(part.slice(start, rows), path)
-        return stages
 
 
 def _in_batches(table: pa.Table, batch_size: int | None, fn) -> pa.Table:
@@ -303,6 +500,7 @@ class RayExecutor:
         self.node_cpus, self.cpu_capacity = min(cpu_nodes), sum(cpu_nodes)
         self.multi_node = sum(1 for n in ray.nodes() if n["Alive"]) > 1
         self.gpus_elsewhere = cluster.get("GPU", 0) > 0 and _driver_node_gpus(ray) == 0
+        self.capacity = {"executor": "ray", "cpus": self.cpu_capacity, "gpus": cluster.get("GPU", 0)}
         self._resources: dict[int, Resources] = {}
 
     def resources(self, stage: Stage) -> Resources:
@@ -398,24 +596,29 @@ class RayExecutor:
                                    budget.share)
         written.take_all()
 
-    def run_phase2(self, files: list[str], stages: list[Stage], staging: str, shard_rows: int) -> list[Stage]:
+    def run_phase2(self, files: list[str], stages: list[Stage]) -> _Phase2:
         apply_budget, prepare_budget = self._phase2_budgets(stages)
         first = prepare_budget.get(0) or apply_budget.get(0) or _Budget(1.0, 1)
         ds = self._read(files, first.share)
+        fit = {}
         for i, stage in enumerate(stages):
             if stage.is_global:
                 ds = self._map(ds, stage, prepare_budget[i], method="prepare").materialize()
-                stage.fit(self._map_blocks(ds, kept_rows, 1.0))
+                fit[stage.label] = _fit(stage, self._map_blocks(ds, kept_rows, 1.0))
             ds = self._map(ds, stage, apply_budget[i])
-        ds = ds.materialize()
-        kept = self._map_blocks(ds, kept_rows, 1.0)
-        rejected = self._map_blocks(ds, rejected_rows, 1.0)
+        return _Phase2(ds.materialize(), fit)
+
+    def cost_totals(self, phase2: _Phase2) -> dict[str, float]:
+        return _add_up(self._map_blocks(phase2.rows, cost_sums, 1.0).take_all())
+
+    def write(self, phase2: _Phase2, staging: str, shard_rows: int) -> None:
+        kept = self._map_blocks(phase2.rows, kept_rows, 1.0)
+        rejected = self._map_blocks(phase2.rows, rejected_rows, 1.0)
         for name, part, rows in (("shards", kept, shard_rows), ("rejects", rejected, 100_000)):
             target = posixpath.join(staging, name)
             part.write_parquet(target, filesystem=self.store.fs, min_rows_per_file=min(rows, 1000),
                                max_rows_per_file=rows, ray_remote_args=self._cpu_args(1.0))
             _rename_sequential(self.store, target)
-        return stages
 
     def _phase2_budgets(self, stages: list[Stage]) -> tuple[dict[int, "_Budget"], dict[int, "_Budget"]]:
         """Phase 2 is one plan per global stage: from the previous global stage's apply

@@ -65,6 +65,13 @@ def test_every_input_row_is_accounted_for(ray_local, sample_web, tmp_path):
     assert all(s["rows"] <= 60 for s in manifest["shards"])
     assert json.loads((out / "manifest.json").read_text())["totals"] == totals
 
+    # what the download cost, summed from its calls on the Ray workers; none of it is written
+    cost = download["cost"]
+    assert cost["rows"] == 200 and cost["worker_s"] > 0 and cost["rows_per_s"] > 0 and cost["share"] == 1
+    for folder in ("shards", "rejects"):
+        names = {n for p in (out / folder).glob("*.parquet") for n in pq.read_schema(p).names}
+        assert not [n for n in names if n.startswith("_cost")]
+
 
 def test_inline_and_ray_runs_agree(ray_local, sample_web, tmp_path):
     pool = sample_web.write_pool(str(tmp_path / "pool.parquet"))
