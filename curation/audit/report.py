@@ -4,7 +4,8 @@ The page is self-contained: inline CSS, no JavaScript, no fonts or scripts from 
 CDN, images referenced by relative paths, so the folder opens offline and can be
 copied or zipped as is. ``stats.json`` next to it holds every number the page shows
 (``compare.json`` too, with ``--compare``). Sections follow what a person auditing a
-curated CLIP dataset looks at: the funnel, the score and caption distributions, image
+curated CLIP dataset looks at: warnings first (a stage that removed an unusual share of
+its input), the funnel, where the time went, the score and caption distributions, image
 sizes, languages, duplicates, MetaCLIP balancing, and sample pairs per decision.
 """
 
@@ -91,8 +92,10 @@ def _write_text(path: Path, text: str) -> None:
 # ---------------------------------------------------------------- rendering
 
 SECTIONS = (
+    ("warnings", "Warnings"),
     ("overview", "Overview"),
     ("funnel", "Funnel"),
+    ("time", "Time"),
     ("clip", "CLIP score"),
     ("captions", "Captions"),
     ("images", "Image size"),
@@ -112,7 +115,7 @@ def render(runs: list[RunView], report: Path, comparison: dict | None) -> str:
     if comparison:
         body.append(_section("compare", "Comparison", [_comparison(runs, comparison)], single=True))
     builders = {
-        "overview": _overview, "funnel": _funnel, "clip": _clip, "captions": _captions,
+        "warnings": _warnings, "overview": _overview, "funnel": _funnel, "time": _time, "clip": _clip, "captions": _captions,
         "images": _images, "lang": _lang, "dedup": _dedup, "metaclip": _metaclip,
         "columns": _columns, "samples": _samples,
     }
@@ -170,6 +173,17 @@ def _overview(run: RunView, report: Path) -> str:
     return f'<div class="tiles">{tiles}</div><h4>Checks: manifest vs files</h4><ul class="checks">{checks}</ul>{facts}'
 
 
+def _warnings(run: RunView, report: Path) -> str:
+    s = run.stats
+    threshold = f"{s['warn_reject_share'] * 100:g}%"
+    if not s["warnings"]:
+        return f'<p class="note">No stage removed more than {threshold} of the rows it received.</p>'
+    items = "".join(f"<li>⚠ {_e(message)}</li>" for message in s["warnings"])
+    return (f'<ul class="warnings">{items}</ul><p class="note">A stage that removes more than the recipe\'s '
+            f'<code>warn_reject_share</code> ({threshold}) of its input is flagged: check its parameters and '
+            f'the input columns before trusting the output.</p>')
+
+
 def _funnel(run: RunView, report: Path) -> str:
     s = run.stats
     if not s["stages"]:
@@ -179,11 +193,31 @@ def _funnel(run: RunView, report: Path) -> str:
         reasons = "<br>".join(f"{_e(r)}: {n:,}" for r, n in sorted(st["reasons"].items(), key=lambda kv: -kv[1]))
         summary = "<br>".join(f"{_e(k)} = {_e(json.dumps(v))}" for k, v in st["summary"].items())
         share = _pct(st["rejected"] / st["in"] if st["in"] else None)
-        rows.append([f'{_e(st["name"])}<br><small>{_e(str(st["type"]))}</small>', f"{st['in']:,}",
+        flag = ' <b class="flag" title="over warn_reject_share">⚠</b>' if st.get("warning") else ""
+        rows.append([f'{_e(st["name"])}{flag}<br><small>{_e(str(st["type"]))}</small>', f"{st['in']:,}",
                      f"{st['kept']:,}", f"{st['rejected']:,}<br><small>{share}</small>", reasons,
                      f"<small>{summary}</small>"])
     table = _table(["stage", "in", "kept", "rejected", "reasons", "summary"], rows)
     return _img(run, "funnel", report, "funnel") + _img(run, "reasons", report, "rejections by reason") + table
+
+
+def _time(run: RunView, report: Path) -> str:
+    stages = [st for st in run.stats["stages"] if st.get("cost")]
+    if not stages:
+        return _absent("not recorded: this run's manifest has no stage costs")
+    rows = [[_e(st["name"]), f"{c['rows']:,}", _num(c["worker_s"]), _num(c["cpu_s"]), _num(c["gpu_s"]),
+             _num(c["rows_per_s"]), _pct(c["share"]), f"{c['max_workers']:,}"]
+            for st in stages for c in (st["cost"],)]
+    table = _table(["stage", "rows in", "worker-s", "CPU-s", "GPU-s", "rows / worker-s", "share of time",
+                    "workers at once"], rows)
+    timing = run.stats["timing"]
+    phases = ", ".join(f"{_e(k)} {v:.1f} s" for k, v in timing.get("phases_s", {}).items())
+    where = (f" on {_e(timing['executor'])} ({timing['cpus']:g} CPUs, {timing['gpus']:g} GPUs)"
+             if timing.get("executor") else "")
+    return (table + f'<p class="note">Wall time {_e(_seconds(timing.get("wall_s")))}{where}: {phases}. '
+            "Worker-seconds add up each stage's calls on every worker (and a global stage's fit on the "
+            "driver), so stages that ran side by side each count in full; the stage with the largest "
+            "share is the one to give more workers.</p>")
 
 
 def _clip(run: RunView, report: Path) -> str:
@@ -365,6 +399,10 @@ def _pct(value) -> str:
     return "—" if value is None else f"{value:.1%}"
 
 
+def _seconds(value) -> str:
+    return f"{value:.1f} s" if isinstance(value, (int, float)) else "not recorded"
+
+
 def _num(value) -> str:
     if value is None:
         return "—"
@@ -408,6 +446,9 @@ td code{font-size:.75rem;overflow-wrap:anywhere}
 ul.checks{list-style:none;padding:0;margin:.3rem 0;font-size:.85rem}
 li.ok{color:#1b7f5b}
 li.bad{color:#b42318;font-weight:600}
+ul.warnings{margin:.3rem 0;padding:.5rem .8rem .5rem 1.6rem;background:#fff4e5;border:1px solid #f5b971;
+  border-radius:6px;color:#7a3e00;font-weight:600}
+.flag{color:#b45309}
 .absent{color:var(--mute);font-style:italic}
 .note{color:var(--mute);font-size:.82rem}
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(180px,1fr));gap:.6rem}

@@ -8,6 +8,10 @@ O(rows). The result is one JSON-able dict: it is ``report/stats.json`` and what 
 plots and ``curate stats`` read. Every count is also cross-checked: the manifest
 against the parquet files (``checks``), so a report never shows numbers that disagree
 with the data it describes.
+
+Warnings (a stage that removed more than the recipe's ``warn_reject_share`` of its input)
+are derived from the manifest's counts with the runner's own rule, so runs written before
+the manifest carried them get them too; stage costs and phase times are the manifest's.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from pipelines.errors import UserError
+from pipelines.manifest import flag_stages
+from pipelines.recipe import WARN_REJECT_SHARE
 
 BASE_COLUMNS = ("uid", "url", "caption", "image", "width", "height", "reject")
 KNOWN_COLUMNS = frozenset(BASE_COLUMNS) | {"clip_score", "lang", "metaclip_entries"}
@@ -123,16 +129,21 @@ def compute_stats(out: str | Path, *, bins: int = BINS) -> dict:
     duplicates = (by_reject.filter(pl.col("detail").is_not_null() & pl.col("reason").str.ends_with(":duplicate_of"))
                   .select("stage", "detail", pl.col("len").alias("duplicates")))
 
+    stages = _stages(manifest, by_stage)
+    threshold = manifest.get("recipe", {}).get("warn_reject_share", WARN_REJECT_SHARE)
     stats: dict = {
         "out": str(run.out),
         "recipe": manifest.get("recipe", {}).get("name"),
+        "warn_reject_share": threshold,
+        "warnings": flag_stages(stages, threshold),
         "totals": {"input": kept_rows + rejected_rows, "kept": kept_rows, "rejected": rejected_rows,
                    "keep_rate": _ratio(kept_rows, kept_rows + rejected_rows)},
         "manifest_totals": manifest.get("totals", {}),
         "files": {"shards": len(run.shards), "rejects": len(run.rejects),
                   "shard_bytes": sum(int(s.get("bytes", 0)) for s in manifest.get("shards", []))},
         "columns": {"kept": sorted(run.kept_schema), "rejected": sorted(run.reject_schema)},
-        "stages": _stages(manifest, by_stage),
+        "stages": stages,
+        "timing": {"wall_s": manifest.get("wall_s"), **manifest.get("timing", {})},
         "reasons": reasons,
         "unique_uids": frames["unique_uids"].item(),
         "quantities": {},
@@ -163,6 +174,7 @@ def key_numbers(stats: dict) -> dict:
         "totals": stats["totals"],
         "stages": [{k: s[k] for k in ("name", "type", "in", "kept", "rejected")} for s in stats["stages"]],
         "reasons": stats["reasons"],
+        "warnings": stats["warnings"],
         "clip_score_kept": clip["kept"] if clip else None,
         "caption_words_kept_median": (quantities["caption_words"]["kept"] or {}).get("p50"),
         "langs_kept": dict([(k, n) for k, n in (stats["lang"] or {}).get("kept", {}).items() if n][:5]) or None,
@@ -367,6 +379,7 @@ def _stages(manifest: dict, rejected_in_files: dict) -> list[dict]:
             "rejected": int(stage.get("rejected", 0)), "reasons": reasons,
             "summary": stage.get("summary", {}),
             "rejected_in_files": int(rejected_in_files.get(stage.get("name"), 0)),
+            "cost": stage.get("cost"),
         })
     return stages
 

@@ -38,6 +38,8 @@ def _text(k: dict) -> str:
         for s in k["stages"]:
             lines.append(f"{s['name']:<{width}}  {s['in']:>12,}  {s['kept']:>12,}  {s['rejected']:>12,}")
         lines.append("")
+    if k["warnings"]:
+        lines += [f"warning: {message}" for message in k["warnings"]] + [""]
     if k["reasons"]:
         lines.append("rejections by reason:")
         lines += [f"  {reason}: {n:,}" for reason, n in k["reasons"].items()]
