@@ -79,6 +79,28 @@ def model_config(model: str, pretrained: str | None = None) -> dict:
     return config
 
 
+def model_fingerprint(model: str, pretrained: str | None = None) -> str:
+    """What identifies the outputs of a model: its spec and, for local files, a hash of
+    their content (a filter model retrained into the same folder is another model).
+    Columns a stage computes with the model carry this in their field metadata, so a
+    later stage can reuse them only when they come from the same model."""
+    name, weights, _ = _resolve(model, pretrained)
+    files = []
+    if name.startswith(LOCAL_DIR):
+        folder = Path(name[len(LOCAL_DIR):])
+        files = [folder / CONFIG_FILE, folder / WEIGHTS_FILE]
+    elif Path(model).suffix == ".json":
+        files = [Path(model)]
+    if weights and Path(weights).is_file():
+        files.append(Path(weights))
+    digest = hashlib.sha256(f"{name}|{weights}".encode())
+    for path in files:
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    return f"{model}|{pretrained}|{digest.hexdigest()[:16]}"
+
+
 def save_checkpoint(model: torch.nn.Module, path: str | Path, *, model_cfg: dict, preprocess_cfg: dict | None = None) -> Path:
     """Write ``model`` as a checkpoint directory in the contract format.
 

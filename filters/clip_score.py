@@ -20,6 +20,12 @@ with ``clip_score:below_threshold``:
   over kept pairs), ``__call__`` rejects pairs below it.
   With both set, a pair must pass both.
 
+Score once, filter many: the score (and embedding) columns carry the model's
+fingerprint in their field metadata (``clipcurate.model``). A batch whose kept rows
+already hold scores from the same model is not scored again, only thresholded, so
+threshold variants (``curate ablate``) and re-curation of scored shards cost no model
+time; scores from another model are recomputed.
+
 Images that cannot be decoded are rejected as ``clip_score:decode_error``; kept rows
 without image bytes as ``clip_score:missing_image``.
 
@@ -47,10 +53,11 @@ from PIL import Image
 from torchvision.transforms import Compose, Normalize, PILToTensor, ToTensor
 from pydantic import Field
 
-from filters.clip_model import ClipModel, load_clip, model_config
+from filters.clip_model import ClipModel, load_clip, model_config, model_fingerprint
 from pipelines.stage import GlobalStage, Resources, StageConfig, ensure_columns, kept_mask, reject_rows, set_column
 
 HISTOGRAM_BINS = 80
+MODEL_KEY = b"clipcurate.model"  # field metadata: the fingerprint of the model that made a column
 
 
 class ClipScoreConfig(StageConfig):
@@ -90,6 +97,7 @@ class ClipScore(GlobalStage):
         self._fit_done = False
         self._summary: dict = {}
         self._histogram: pa.Table | None = None
+        self._model_id: str | None = None
 
     # -------------------------------------------------------------- declared surface
 
@@ -122,8 +130,14 @@ class ClipScore(GlobalStage):
     # ------------------------------------------------------------------------ work
 
     def setup(self) -> None:
-        if not self._fit_done:  # the fitted keep_top pass compares stored scores: no model
-            self._runtime = self._load()
+        """Nothing heavy up front: the model loads at the first batch that needs scoring
+        (batches scored earlier by the same model, and the fitted keep_top pass, need none)."""
+
+    @property
+    def model_id(self) -> str:
+        if self._model_id is None:
+            self._model_id = model_fingerprint(self.config.model, self.config.pretrained)
+        return self._model_id
 
     def prepare(self, batch: pa.Table) -> pa.Table:
         """Global mode, pass 1: score every batch (streaming), no threshold yet."""
@@ -207,15 +221,15 @@ class ClipScore(GlobalStage):
     def _score(self, batch: pa.Table) -> pa.Table:
         """Add the score (and embedding) columns for kept rows; reject undecodable ones."""
         self.ensure_setup()
-        if self._runtime is None:  # a fitted stage given unscored batches
-            self._runtime = self._load()
         adds = self.adds
         keep = kept_mask(batch)
         has_image = pc.is_valid(batch.column("image")).to_numpy(zero_copy_only=False)
         batch = reject_rows(batch, keep & ~has_image, self.reason("missing_image"))
         rows = np.flatnonzero(keep & has_image)
-        if rows.size == 0:
-            return ensure_columns(batch, adds)
+        if rows.size == 0 or self._scored_before(batch, rows):
+            return self._mark(ensure_columns(batch, adds))
+        if self._runtime is None:
+            self._runtime = self._load()
 
         take = pa.array(rows)
         images = batch.column("image").take(take).to_pylist()
@@ -235,7 +249,24 @@ class ClipScore(GlobalStage):
         failed = np.zeros(batch.num_rows, dtype=bool)
         failed[rows[~result.decoded]] = True
         batch = reject_rows(batch, failed, self.reason("decode_error"))
-        return ensure_columns(batch, adds)
+        return self._mark(ensure_columns(batch, adds))
+
+    def _scored_before(self, batch: pa.Table, rows: np.ndarray) -> bool:
+        """True when every row to score already has a score (and embeddings, if asked
+        for) made by this stage's model."""
+        for column in self.adds:
+            if column not in batch.column_names:
+                return False
+            metadata = batch.schema.field(column).metadata or {}
+            if metadata.get(MODEL_KEY) != self.model_id.encode():
+                return False
+        return batch.column("clip_score").take(pa.array(rows)).null_count == 0
+
+    def _mark(self, batch: pa.Table) -> pa.Table:
+        """Record the model's fingerprint on the columns it made."""
+        fields = [f.with_metadata({MODEL_KEY: self.model_id.encode()}) if f.name in self.adds else f
+                  for f in batch.schema]
+        return pa.Table.from_arrays(batch.columns, schema=pa.schema(fields, metadata=batch.schema.metadata))
 
 
 # ----------------------------------------------------------------------------- runtime

@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "audit": "curation.audit.cli",
     "stats": "curation.audit.stats_cli",
     "metadata": "curation.metadata_cli",
+    "ablate": "curation.ablate_cli",
 }
 
 SUMMARIES: dict[str, str] = {
@@ -33,6 +34,7 @@ SUMMARIES: dict[str, str] = {
     "audit": "write an HTML report with plots of a run and each stage's effect",
     "stats": "print a run's key numbers (JSON with --json)",
     "metadata": "build or inspect MetaCLIP metadata entry lists",
+    "ablate": "compare recipe variants by training on each at equal samples seen",
 }
 
 

@@ -134,12 +134,37 @@ def _normalise_columns(table: pa.Table, path: str, config: InputConfig) -> pa.Ta
         elif not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type) or pa.types.is_null(values.type)):
             raise InputError(f"{path}: column '{column}' should hold text, found {values.type}")
         columns[role] = values.cast(pa.string())
+    columns.update(_carried_images(table, path))
     extras = {
         name: table.column(name)
         for name in table.column_names
         if name not in (config.url_col, config.caption_col) and name not in SAMPLE_SCHEMA.names
     }
-    return pa.table({**columns, **extras})
+    return _keep_field_metadata(pa.table({**columns, **extras}), table.schema)
+
+
+def _keep_field_metadata(table: pa.Table, source: pa.Schema) -> pa.Table:
+    """Columns carried over keep their field metadata (e.g. the fingerprint of the model
+    that made ``clip_score``, which lets a later stage reuse the scores)."""
+    fields = [source.field(f.name) if f.name in source.names and source.field(f.name).type == f.type else f
+              for f in table.schema]
+    return pa.Table.from_arrays(table.columns, schema=pa.schema(fields))
+
+
+def _carried_images(table: pa.Table, path: str) -> dict:
+    """An input that already holds encoded images (a run's shards, being curated again)
+    keeps ``image``/``width``/``height``, so a recipe without a download stage can filter,
+    dedup and balance it."""
+    if "image" not in table.column_names:
+        return {}
+    image = table.column("image")
+    if not (pa.types.is_binary(image.type) or pa.types.is_large_binary(image.type)):
+        raise InputError(f"{path}: column 'image' should hold encoded image bytes, found {image.type}")
+    carried = {"image": image.cast(pa.binary())}
+    for name in ("width", "height"):
+        if name in table.column_names:
+            carried[name] = table.column(name).cast(pa.int32())
+    return carried
 
 
 def split_input(spec, config: InputConfig, work_dir: str | Storage) -> dict:
@@ -207,13 +232,17 @@ def _with_sample_columns(table: pa.Table, seen: set[str]) -> pa.Table:
         "uid": pa.array(uids, pa.string()),
         "url": table.column("url"),
         "caption": table.column("caption"),
-        "image": pa.nulls(n, pa.binary()),
-        "width": pa.nulls(n, pa.int32()),
-        "height": pa.nulls(n, pa.int32()),
+        "image": _column_or_nulls(table, "image", pa.binary()),
+        "width": _column_or_nulls(table, "width", pa.int32()),
+        "height": _column_or_nulls(table, "height", pa.int32()),
         REJECT: pa.array(rejects, pa.string()),
     }
     extras = {name: table.column(name) for name in table.column_names if name not in base_columns}
-    return pa.table({**base_columns, **extras})
+    return _keep_field_metadata(pa.table({**base_columns, **extras}), table.schema)
+
+
+def _column_or_nulls(table: pa.Table, name: str, dtype: pa.DataType):
+    return table.column(name) if name in table.column_names else pa.nulls(table.num_rows, dtype)
 
 
 def _write_partition(table: pa.Table, work: Storage, number: int) -> dict:

@@ -194,8 +194,9 @@ class SampleWeb:
     ``requests`` counts requests per path, so tests can check what was fetched.
     """
 
-    def __init__(self, n: int = 500, seed: int = 0, port: int = 0, delay: float = 0.0):
-        self.samples = generate_samples(n, seed)
+    def __init__(self, n: int = 500, seed: int = 0, port: int = 0, delay: float = 0.0,
+                 samples: list[Sample] | None = None):
+        self.samples = generate_samples(n, seed) if samples is None else samples  # or a pool's own
         self.delay = delay  # seconds per response: a slow web, for resume tests
         self.routes = {s.path: s for s in self.samples}
         self.requests: Counter[str] = Counter()
