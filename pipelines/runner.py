@@ -306,10 +306,10 @@ def _charge(batch: pa.Table, label: str, spent: _Seconds) -> pa.Table:
     """Spread one call's seconds evenly over its rows (adding to what the stage's prepare
     call charged them): the cost goes wherever Ray sends the rows, and a retried task
     charges its rows once, as it writes them once."""
-    share = max(batch.num_rows, 1)
+    rows = max(batch.num_rows, 1)
     for prefix, seconds in ((COST_WALL, spent.wall), (COST_CPU, spent.cpu)):
         name = prefix + label
-        charged = pa.array(np.full(batch.num_rows, seconds / share))
+        charged = pa.array(np.full(batch.num_rows, seconds / rows))
         if name in batch.column_names:
             charged = pc.add(pc.fill_null(batch.column(name), 0.0), charged)
         batch = set_column(batch, name, charged)
