@@ -205,8 +205,7 @@ class Segments:
         self.counts = {"computed": 0, "reused": 0}
         self.manifests: dict[str, dict] = {}
 
-    def run(self, key: str, entry: dict, source, seed: int, input_cfg: dict, output_cfg: dict,
-            label: str) -> Path:
+    def run(self, key: str, entry: dict, source, settings: dict, label: str) -> Path:
         folder = self.root / key
         manifest = folder / "manifest.json"
         if manifest.exists():
@@ -214,8 +213,7 @@ class Segments:
         else:
             self.counts["computed"] += 1
             self.log(f"  running {label} ...")
-            recipe, stages = parse_recipe({"name": label, "seed": seed, "input": input_cfg, "output": output_cfg,
-                                           "stages": [entry]}, source=label)
+            recipe, stages = parse_recipe({**settings, "name": label, "stages": [entry]}, source=label)
             run_pipeline(recipe, stages, source, str(folder), self.options)
         self.manifests[key] = json.loads(manifest.read_text())
         return folder
@@ -224,8 +222,8 @@ class Segments:
 def _curate(variant: Planned, pool, pool_key: str, cache: Segments, everyone: list[Planned]) -> Path:
     """Run ``variant`` segment by segment, reusing every finished segment."""
     entries = variant.recipe["stages"]
-    recipe = Recipe.model_validate({k: v for k, v in variant.recipe.items() if k != "stages"})
-    run = {"seed": recipe.seed, "input_cfg": recipe.input.model_dump(), "output_cfg": recipe.output.model_dump()}
+    settings = Recipe.model_validate({k: v for k, v in variant.recipe.items() if k != "stages"}).model_dump()
+    run = {"settings": {k: v for k, v in settings.items() if k not in ("name", "stages")}}
     source, key, rest = pool, pool_key, entries
     if entries and _name(entries[0]) == "download":
         key = _digest([key, entries[0]])
@@ -259,7 +257,8 @@ def _scoring_entry(variant: Planned, everyone: list[Planned]) -> dict | None:
     model = (params["model"], params.get("pretrained"))
     wants_embeddings = any(_params(e).get("embeddings") for p in everyone for e in p.recipe["stages"]
                            if _name(e) == "clip_score" and (_params(e)["model"], _params(e).get("pretrained")) == model)
-    scoring = {k: v for k, v in params.items() if k not in ("min_score", "keep_top", "embeddings")}
+    scoring = {k: v for k, v in params.items()
+               if k not in ("min_score", "keep_top", "keep_clean", "reference", "embeddings")}
     return {"clip_score": {**scoring, "embeddings": bool(wants_embeddings)}}
 
 
@@ -293,9 +292,9 @@ def _funnel_of(name: str, variants: list[Planned], cache: Segments) -> dict:
             label = segment["stage"] if entry["name"] != "input" else "input"
             funnel.append({"stage": label, "in": entry["in"], "kept": entry["kept"], "rejected": entry["rejected"],
                            "reasons": entry["reasons"]})
-    warnings = [f"{f['stage']} removed {f['rejected'] / f['in']:.0%} of its input"
-                for f in funnel if f["in"] and f["rejected"] / f["in"] > 0.3]
-    return {"funnel": funnel, "warnings": warnings}
+            if entry.get("warning"):  # the run's own check (recipe warn_reject_share)
+                funnel[-1]["warning"] = entry["warning"]["message"].replace(entry["name"], label, 1)
+    return {"funnel": funnel, "warnings": [f["warning"] for f in funnel if "warning" in f]}
 
 
 def _truth_figures(final: Path, results: dict, truth: TruthSpec) -> dict:

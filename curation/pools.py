@@ -315,7 +315,7 @@ def trusted_set(src: Source, n: int, seed: int) -> pa.Table:
     """Clean pairs in the shard format, drawn apart from the pool: what a DFN filter
     model trains on (Fang et al., 2023)."""
     rng = np.random.default_rng([seed, 13])
-    rows: dict[str, list] = {"uid": [], "url": [], "caption": [], "image": [], "width": [], "height": []}
+    rows: dict[str, list] = {"uid": [], "url": [], "caption": [], "image": [], "width": [], "height": [], "label": []}
     for i in range(n):
         concept = int(rng.integers(len(src.concepts)))
         image, words = src.render(concept, rng, "trusted")
@@ -327,9 +327,10 @@ def trusted_set(src: Source, n: int, seed: int) -> pa.Table:
         rows["image"].append(encode_jpeg(image, 92))
         rows["width"].append(image.size[0])
         rows["height"].append(image.size[1])
+        rows["label"].append(src.concepts[concept])
     return pa.table({**{k: rows[k] for k in ("uid", "url", "caption")}, "image": pa.array(rows["image"], pa.binary()),
                      "width": pa.array(rows["width"], pa.int32()), "height": pa.array(rows["height"], pa.int32()),
-                     "reject": pa.nulls(n, pa.string())})
+                     "reject": pa.nulls(n, pa.string()), "label": rows["label"]})
 
 
 def _serve_size(image: Image.Image, sizes: tuple[int, int], rng: np.random.Generator) -> Image.Image:

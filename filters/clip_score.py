@@ -14,6 +14,12 @@ can be re-tuned and the audit can plot what was cut. Two thresholds, both reject
 with ``clip_score:below_threshold``:
 
 - ``min_score``: absolute (LAION style), decided per batch;
+- ``keep_clean`` + ``reference``: calibrated on the filter model itself: the score that
+  keeps ``keep_clean`` of held-out true pairs (a trusted set the model did not train
+  on). A fraction of the *pool* (``keep_top``) is right only when the pool's noise share
+  is known; this threshold keeps about the same share of clean pairs whatever the noise
+  share, and removes as much noise as the model's ranking allows (measured in
+  ``bench/curation.py``). Computed once on the driver in ``fit``.
 - ``keep_top``: a fraction of the kept pairs (DataComp style). It needs the global
   score distribution, so the stage is then a global stage: ``prepare`` scores every
   batch, ``fit`` finds the DataComp cut (the ``int(n * keep_top)``-th largest score
@@ -51,7 +57,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torchvision.transforms import Compose, Normalize, PILToTensor, ToTensor
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from filters.clip_model import ClipModel, load_clip, model_config, model_fingerprint
 from pipelines.stage import GlobalStage, Resources, StageConfig, ensure_columns, kept_mask, reject_rows, set_column
@@ -80,6 +86,17 @@ class ClipScoreConfig(StageConfig):
     embeddings: bool = Field(False, description="also write clip_image_emb / clip_text_emb (float16)")
     min_score: float | None = Field(None, ge=-1.0, le=1.0, description="reject pairs scoring below this")
     keep_top: float | None = Field(None, gt=0.0, le=1.0, description="keep this fraction of pairs with the best scores")
+    keep_clean: float | None = Field(
+        None, gt=0.0, lt=1.0,
+        description="calibrated threshold: the score that keeps this share of the `reference` pairs "
+        "(true pairs the filter model did not train on); independent of how noisy the pool is")
+    reference: str | None = Field(None, description="parquet of held-out true pairs (image, caption) for keep_clean")
+
+    @model_validator(mode="after")
+    def _reference_with_keep_clean(self):
+        if (self.keep_clean is None) != (self.reference is None):
+            raise ValueError("keep_clean and reference go together")
+        return self
 
 
 class ClipScore(GlobalStage):
@@ -103,8 +120,9 @@ class ClipScore(GlobalStage):
 
     @property
     def is_global(self) -> bool:  # type: ignore[override]
-        """Global only for ``keep_top``: a fraction needs the whole score distribution."""
-        return self.config.keep_top is not None
+        """Global for ``keep_top`` (a fraction needs the whole score distribution) and
+        ``keep_clean`` (the reference is scored once, on the driver)."""
+        return self.config.keep_top is not None or self.config.keep_clean is not None
 
     @property
     def adds(self) -> dict[str, pa.DataType]:  # type: ignore[override]
@@ -156,11 +174,11 @@ class ClipScore(GlobalStage):
             parts.append(part.column("clip_score").drop_null().to_numpy().astype(np.float32, copy=False))
         scores = np.concatenate(parts)
         n = scores.size
-        if n:
+        cuts = [self._calibrated()] if self.config.keep_clean is not None else []
+        if n and self.config.keep_top is not None:
             k = max(1, int(n * self.config.keep_top))
-            self._fitted = float(np.partition(scores, n - k)[n - k])
-        else:
-            self._fitted = None
+            cuts.append(float(np.partition(scores, n - k)[n - k]))
+        self._fitted = max(cuts) if cuts else None
         counts, edges = np.histogram(scores, bins=HISTOGRAM_BINS, range=(-1.0, 1.0))
         self._histogram = pa.table(
             {
@@ -171,18 +189,36 @@ class ClipScore(GlobalStage):
         )
         self._summary = {
             "keep_top": self.config.keep_top,
+            "keep_clean": self.config.keep_clean,
             "min_score": self.config.min_score,
             "threshold": self._fitted,
             "scored": int(n),
-            "above_threshold": int((scores >= self._fitted).sum()) if n else 0,
+            "above_threshold": int((scores >= self._fitted).sum()) if n and self._fitted is not None else n,
             "mean_score": float(scores.mean()) if n else None,
         }
         self._fit_done = True
 
+    def _calibrated(self) -> float:
+        """The (1 - keep_clean) quantile of the model's scores on the reference pairs."""
+        import pyarrow.parquet as pq
+
+        reference = pq.read_table(self.config.reference, columns=["image", "caption"])
+        if self._runtime is None:
+            self._runtime = self._load()
+        result = self._runtime.encode(reference.column("image").to_pylist(),
+                                      pc.fill_null(reference.column("caption"), "").to_pylist(),
+                                      self.config.batch_size, False)
+        if result.scores.size == 0:
+            raise ValueError(f"{self.label}: no decodable reference pairs in {self.config.reference}")
+        threshold = float(np.quantile(result.scores, 1.0 - self.config.keep_clean))
+        self._summary_reference = {"reference_pairs": int(result.scores.size), "calibrated_threshold": threshold}
+        self._runtime = None  # workers load their own; the driver needs no model after fit
+        return threshold
+
     def __call__(self, batch: pa.Table) -> pa.Table:
         if self.is_global:
             if not self._fit_done:
-                raise RuntimeError(f"{self.label}: keep_top needs fit() over the dataset before __call__")
+                raise RuntimeError(f"{self.label}: keep_top/keep_clean need fit() over the dataset before __call__")
             if "clip_score" not in batch.column_names:  # the runner passes prepared batches
                 batch = self._score(batch)
         else:
@@ -197,7 +233,7 @@ class ClipScore(GlobalStage):
         return {"histogram": self._histogram} if self._histogram is not None else {}
 
     def summary(self) -> dict:
-        return dict(self._summary)
+        return {**self._summary, **getattr(self, "_summary_reference", {})}
 
     def __getstate__(self) -> dict:
         """Ship config and fitted state, never the model or threads (workers set up)."""

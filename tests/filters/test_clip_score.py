@@ -298,3 +298,38 @@ def test_gpu_split_transform_matches_open_clip_preprocess(checkpoint):
     pixels = cpu_part(image)
     assert pixels.dtype == torch.uint8
     torch.testing.assert_close((pixels.float() / 255.0 - mean) / std, preprocess(image), atol=1e-6, rtol=0)
+
+
+def test_keep_clean_threshold_is_calibrated_on_reference_pairs(checkpoint, ray_local, tmp_path):
+    reference, _ = pool(36, seed=5000)  # true pairs the model did not train on
+    pq.write_table(reference, tmp_path / "reference.parquet")
+    ref_scores = ClipScore(model=str(checkpoint))(reference).column("clip_score").to_numpy()
+    stage = ClipScore(model=str(checkpoint), keep_clean=0.9, reference=str(tmp_path / "reference.parquet"))
+    assert stage.is_global
+    table, _ = pool(24, mismatch_every=3)
+    prepared = stage.prepare(table)
+    stage.fit(ray.data.from_arrow(prepared))
+    expected = float(np.quantile(ref_scores, 0.1))
+    assert stage.summary()["calibrated_threshold"] == pytest.approx(expected, abs=1e-5)
+    out = pickle.loads(pickle.dumps(stage))(prepared)
+    rejected = np.array([r is not None for r in out.column("reject").to_pylist()])
+    np.testing.assert_array_equal(rejected, prepared.column("clip_score").to_numpy() < stage.summary()["threshold"])
+    with pytest.raises(pydantic.ValidationError, match="keep_clean and reference go together"):
+        ClipScore(model=str(checkpoint), keep_clean=0.9)
+
+
+def test_scores_from_the_same_model_are_reused(checkpoint, tmp_path, monkeypatch):
+    table, _ = pool(12)
+    scored = ClipScore(model=str(checkpoint))(table)
+    metadata = scored.schema.field("clip_score").metadata
+    assert metadata[b"clipcurate.model"].startswith(str(checkpoint).encode())
+    pq.write_table(scored, tmp_path / "scored.parquet")  # the fingerprint survives parquet
+    scored = pq.read_table(tmp_path / "scored.parquet")
+    monkeypatch.setattr("filters.clip_score.ClipScore._load", lambda self: pytest.fail("model loaded again"))
+    again = ClipScore(model=str(checkpoint), min_score=0.0)(scored)
+    np.testing.assert_array_equal(again.column("clip_score").to_numpy(), scored.column("clip_score").to_numpy())
+    other = scored.replace_schema_metadata(None).cast(pa.schema(
+        [f.with_metadata({b"clipcurate.model": b"another model"}) if f.name == "clip_score" else f
+         for f in scored.schema]))
+    with pytest.raises(pytest.fail.Exception, match="model loaded again"):
+        ClipScore(model=str(checkpoint))(other)  # another model's scores are recomputed
