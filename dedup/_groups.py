@@ -121,19 +121,45 @@ def pairs_in_runs(starts: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np
     return np.concatenate(out_i), np.concatenate(out_j)
 
 
-def value_pairs(value_ids: np.ndarray, starts: np.ndarray, sizes: np.ndarray, verify) -> tuple[np.ndarray, np.ndarray]:
+def split_runs(rows: np.ndarray, run: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Narrow runs by a second bucketing: rows meet in a sub-run when they share a run
+    *and* one column of ``keys`` (shape ``(len(rows), k)``, e.g. the pigeonhole bands of
+    an image hash), so a row sits in k sub-runs. Returns (row, sub-run) memberships of
+    the sub-runs with two rows or more.
+
+    A bucket of one templated caption on k different images is then k lone rows, not
+    k² candidate pairs."""
+    count = keys.shape[1]
+    sub_rows = np.tile(rows, count)
+    sub_run = np.tile(run, count)
+    column = np.repeat(np.arange(count), len(rows))
+    value = np.ascontiguousarray(keys.T).reshape(-1)
+    order = np.lexsort((value, column, sub_run))
+    sub_rows, sub_run, column, value = sub_rows[order], sub_run[order], column[order], value[order]
+    change = np.ones(len(order), dtype=bool)
+    change[1:] = (sub_run[1:] != sub_run[:-1]) | (column[1:] != column[:-1]) | (value[1:] != value[:-1])
+    sub = np.cumsum(change) - 1
+    shared = np.bincount(sub)[sub] > 1
+    return sub_rows[shared], sub[shared]
+
+
+def value_pairs(value_ids: np.ndarray, rows: np.ndarray, run: np.ndarray, verify) -> tuple[np.ndarray, np.ndarray]:
     """Verified row pairs inside runs, comparing each distinct value once.
 
-    ``value_ids[row]`` names the row's comparable value (identical ids are duplicates
-    with no check: a star to the value's first row); distinct values that share a run
-    are compared once per pair with ``verify(value_a, value_b) -> bool mask``."""
-    rows, run = run_rows(starts, sizes)
+    ``rows``/``run`` say which rows sit in which run (``run_rows`` or ``split_runs``; a
+    row may sit in several). ``value_ids[row]`` names the row's comparable value
+    (identical ids are duplicates with no check: a star to the value's first row);
+    distinct values that share a run are compared once per pair with
+    ``verify(value_a, value_b) -> bool mask``."""
+    if len(rows) == 0:
+        return np.array([], np.int64), np.array([], np.int64)
     vid = value_ids[rows]
     values, first = np.unique(vid, return_index=True)
     first_row = np.full(int(values.max()) + 1, -1, dtype=np.int64)
     first_row[values] = rows[first]
-    same = rows != first_row[vid]
-    pair_i, pair_j = [rows[same]], [first_row[vid[same]]]
+    members = np.unique(rows)
+    same = members != first_row[value_ids[members]]
+    pair_i, pair_j = [members[same]], [first_row[value_ids[members[same]]]]
     width = np.int64(values.max()) + 1
     distinct = _sorted_unique(run.astype(np.int64) * width + vid)  # (run, value) once, sorted
     d_run, d_vid = distinct // width, distinct % width

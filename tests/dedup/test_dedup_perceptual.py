@@ -74,3 +74,54 @@ def test_partitioning_does_not_change_kept_set(run_global, make_pool, images):
     eight = run_global(PerceptualDedup(), table, 8).column("reject").to_pylist()
     assert one == eight
     assert sum(r is None for r in one) == 15
+
+
+def test_default_radius_on_real_photos(run_global, make_pool, images, reasons_of):
+    """The measured default (bench/perceptual_radius.py) on scikit-image's bundled photos:
+    re-encodes and resizes of a window are one image; the window half a window over and
+    the mirror image are other images."""
+    import skimage.data
+    from PIL import Image
+
+    uids, data = [], []
+    for name in ("astronaut", "coffee", "chelsea"):
+        photo = Image.fromarray(getattr(skimage.data, name)())
+        window = np.asarray(photo.crop((0, 0, 256, 256)))
+        variants = {
+            "png": images.encode(window),
+            "jpeg50": images.encode(window, "JPEG", quality=50),
+            "webp": images.encode(window, "WEBP", quality=80),
+            "half": images.encode(np.asarray(Image.fromarray(window).resize((128, 128), Image.LANCZOS))),
+            "shifted": images.encode(np.asarray(photo.crop((128, 0, 384, 256)))),
+            "mirror": images.encode(window[:, ::-1].copy()),
+        }
+        uids += [f"{name}_{v}" for v in variants]
+        data += list(variants.values())
+    stage = PerceptualDedup()
+    assert stage.config.max_distance == 2
+    scores = [1.0 if uid.endswith("_png") else 0.5 for uid in uids]
+    got = reasons_of(run_global(stage, make_pool(uids, images=data, scores=scores)))
+    for name in ("astronaut", "coffee", "chelsea"):
+        for v in ("jpeg50", "webp", "half"):
+            assert got[f"{name}_{v}"] == f"dedup_perceptual:duplicate_of={name}_png", (name, v)
+        assert got[f"{name}_png"] is None and got[f"{name}_shifted"] is None and got[f"{name}_mirror"] is None
+
+
+def test_look_alike_products_are_kept_at_the_default_radius(run_global, make_pool, images, reasons_of):
+    """Two different Fashion-MNIST sneakers whose pHashes are 4 bits apart: the former
+    default (6) and radius 4 merge them, the default keeps them (a JPEG re-encode of
+    one is still its duplicate)."""
+    from PIL import Image
+
+    from train.datasets import FASHION_MNIST_DIR, fashion_mnist
+
+    try:
+        items, labels = fashion_mnist("test", root=FASHION_MNIST_DIR)
+    except Exception as err:  # the Debian package dataset-fashion-mnist (make sysdeps)
+        pytest.skip(str(err))
+    a, b = (np.asarray(Image.fromarray(255 - items[i]).resize((112, 112), Image.BICUBIC)) for i in (93, 2011))
+    assert labels[93] == labels[2011] == 7 and np.abs(items[93].astype(int) - items[2011]).mean() > 30
+    table = make_pool(["a", "a_jpeg", "b"], images=[images.encode(a), images.encode(a, "JPEG", quality=75), images.encode(b)])
+    assert hamming(*(np.uint64(h) for h in PerceptualDedup().prepare(table).column("phash").to_pylist()[::2])) == 4
+    assert reasons_of(run_global(PerceptualDedup(), table)) == {"a": None, "a_jpeg": "dedup_perceptual:duplicate_of=a", "b": None}
+    assert reasons_of(run_global(PerceptualDedup(max_distance=4), table))["b"] == "dedup_perceptual:duplicate_of=a"
