@@ -1,17 +1,22 @@
 """Dedup suite benchmark: a pool with known injected duplicates, each dedup kind against
 a brute-force ground truth computed in the same run, plus throughput.
 
-* captions (dedup_minhash): >= 50k captions, 1-3-word edits injected; ground truth is
-  the exact Jaccard of every pair at >= threshold (an exact all-pairs similarity join
-  with prefix filtering, Bayardo et al. 2007). Baseline: datasketch MinHashLSH in one
-  process at the same threshold (no verification).
+* captions (dedup_minhash, ``match: caption``): >= 50k captions, 1-3-word edits
+  injected; ground truth is the exact Jaccard of every pair at >= threshold (an exact
+  all-pairs similarity join with prefix filtering, Bayardo et al. 2007). Baseline:
+  datasketch MinHashLSH in one process at the same threshold (no verification).
+* image-text pairs (dedup_minhash, default ``match: pair``): distinct images, half of
+  them under a few templated captions, plus reposts (caption edited or not, image
+  re-encoded, resized or copied); ground truth: pairs at caption Jaccard >= threshold
+  *and* pHash distance <= image_max_distance, all pairs. Also the share of the clean
+  pairs (never reposted) each mode removes: caption mode takes the templates.
 * images (dedup_exact, dedup_perceptual): smooth synthetic images with exact copies,
   same pixels in another container, JPEG re-encodes, resizes and small crops; ground
   truth: the injected labels and all-pairs Hamming distance of the pHashes.
 * embeddings (dedup_semantic): >= 20k planted CLIP-like embeddings; reference is the
   same greedy keep-rule walk over all pairs (no clustering).
 
-Run: ``.venv/bin/python bench/dedup.py [--captions 50000 --images 2000 --embeddings 20000]``.
+Run: ``.venv/bin/python bench/dedup.py [--captions 50000 --pairs 4000 --images 2000 --embeddings 20000]``.
 The last line printed is one JSON object.
 """
 
@@ -43,6 +48,7 @@ from dedup.semantic import SemanticDedup
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--captions", type=int, default=50_000)
+    parser.add_argument("--pairs", type=int, default=4_000, help="distinct image-text pairs (before reposts)")
     parser.add_argument("--images", type=int, default=2_000, help="distinct base images")
     parser.add_argument("--embeddings", type=int, default=20_000)
     parser.add_argument("--seed", type=int, default=0)
@@ -54,11 +60,15 @@ def main(argv=None) -> int:
     ray.data.DataContext.get_current().enable_progress_bars = False
     result = {}
     result["minhash"] = bench_captions(args.captions, args.seed)
+    result["minhash_pairs"] = bench_pairs(args.pairs, args.seed)
     result.update(bench_images(args.images, args.seed))
     result["semantic"] = bench_embeddings(args.embeddings, args.seed)
     result["ok"] = {
         "minhash_recall_precision_ge_0.95": result["minhash"]["pair_recall"] >= 0.95
         and result["minhash"]["pair_precision"] >= 0.95,
+        "minhash_pairs_recall_precision_ge_0.95": result["minhash_pairs"]["pair_recall"] >= 0.95
+        and result["minhash_pairs"]["pair_precision"] >= 0.95,
+        "minhash_pairs_clean_removed_le_0.01": result["minhash_pairs"]["clean_removed"]["pair"] <= 0.01,
         "perceptual_recall_reencode_resize_ge_0.95": min(
             result["perceptual"]["recall"]["jpeg"], result["perceptual"]["recall"]["resize"]
         )
@@ -198,7 +208,7 @@ def bench_captions(count: int, seed: int) -> dict:
     scores = np.random.default_rng(seed + 1).random(count).astype(np.float32)
     table = pa.table({"uid": uids, "caption": texts, "clip_score": scores, "reject": pa.nulls(count, pa.string())})
 
-    stage = MinHashDedup()
+    stage = MinHashDedup(match="caption")
     out, times = run_stage(stage, table)
     threshold = stage.config.threshold
 
@@ -244,6 +254,58 @@ def bench_captions(count: int, seed: int) -> dict:
         "ratio": round(times["samples_per_s"] / baseline["samples_per_s"], 3),
     }
     print("minhash captions:", json.dumps(result))
+    return result
+
+
+def bench_pairs(count: int, seed: int) -> dict:
+    """Image-text pairs: templated captions on distinct images are clean; reposts of a
+    pair (caption edited or not, image re-encoded/resized/copied) are duplicates."""
+    rng = np.random.default_rng(seed + 4)
+    texts, _ = make_captions(count, seed + 4)
+    templates = [" ".join(t.split()[:6]) + " online, free shipping" for t in texts[:20]]
+    texts = [templates[k % len(templates)] if k % 2 else texts[k] for k in range(count)]
+    pixels = [base_image(rng) for _ in range(count)]
+    images = [encode(p) for p in pixels]
+    reposts = rng.integers(0, count, count // 4)
+    for k in reposts:
+        words = texts[k].split(" ")
+        for _ in range(rng.integers(0, 2)):
+            words[int(rng.integers(len(words)))] = "edited"
+        texts.append(" ".join(words))
+        images.append(variant(pixels[k], str(rng.choice(["copy", "jpeg", "resize"])), rng))
+    n = len(texts)
+    uids = [f"t{i:07d}" for i in range(n)]
+    scores = np.random.default_rng(seed + 5).random(n).astype(np.float32)
+    table = pa.table({"uid": uids, "caption": texts, "image": images, "clip_score": scores,
+                      "reject": pa.nulls(n, pa.string())})
+
+    stage = MinHashDedup()
+    out, times = run_stage(stage, table, batch_size=256)
+    radius = stage.config.image_max_distance
+    hashes = out.column("phash").to_numpy(zero_copy_only=False).astype(np.uint64)  # out is sorted by uid, as rows
+    t0 = time.perf_counter()
+    text_i, text_j = exact_jaccard_pairs([stage.shingles(t) for t in texts], stage.config.threshold)
+    near = hamming(hashes[text_i], hashes[text_j]) <= radius
+    true_i, true_j = text_i[near], text_j[near]
+    brute_s = time.perf_counter() - t0
+    metrics = component_pairs_metrics(true_i, true_j, uids, survivors(out))
+
+    caption_out, _ = run_stage(MinHashDedup(match="caption"), table, batch_size=256)
+    clean = np.setdiff1d(np.arange(count), reposts)  # pairs never reposted: no true duplicate
+    clean_removed = {
+        mode: round(float(o.column("reject").is_valid().to_numpy(zero_copy_only=False)[clean].mean()), 4)
+        for mode, o in (("pair", out), ("caption", caption_out))
+    }
+    result = {
+        "rows": n,
+        "image_max_distance": radius,
+        **metrics,
+        "caption_only_pairs": int(len(text_i)),
+        "clean_removed": clean_removed,
+        **times,
+        "brute_force_s": round(brute_s, 2),
+    }
+    print("minhash image-text pairs:", json.dumps(result))
     return result
 
 
@@ -293,20 +355,23 @@ def make_images(count: int, seed: int):
         pixels = base_image(rng)
         rows.append((f"i{b:06d}a", encode(pixels), "base", b))
         kind = kinds[b % len(kinds)]
-        if kind == "copy":
-            data = encode(pixels)
-        elif kind == "same_pixels":
-            data = encode(pixels, "BMP")
-        elif kind == "jpeg":
-            data = encode(pixels, "JPEG", quality=int(rng.choice([30, 50, 75, 90])))
-        elif kind == "resize":
-            side = int(rng.choice([48, 64, 144, 192]))
-            data = encode(np.asarray(Image.fromarray(pixels).resize((side, side), Image.LANCZOS)))
-        else:
-            margin = int(rng.integers(2, 5))  # 2-5% of each side
-            data = encode(pixels[margin:-margin, margin:-margin])
-        rows.append((f"i{b:06d}b", data, kind, b))
+        rows.append((f"i{b:06d}b", variant(pixels, kind, rng), kind, b))
     return rows
+
+
+def variant(pixels: np.ndarray, kind: str, rng: np.random.Generator) -> bytes:
+    """A copy of an image as a crawl meets it again."""
+    if kind == "copy":
+        return encode(pixels)
+    if kind == "same_pixels":
+        return encode(pixels, "BMP")
+    if kind == "jpeg":
+        return encode(pixels, "JPEG", quality=int(rng.choice([30, 50, 75, 90])))
+    if kind == "resize":
+        side = int(rng.choice([48, 64, 144, 192]))
+        return encode(np.asarray(Image.fromarray(pixels).resize((side, side), Image.LANCZOS)))
+    margin = int(rng.integers(2, 5))  # 2-5% of each side
+    return encode(pixels[margin:-margin, margin:-margin])
 
 
 def bench_images(count: int, seed: int) -> dict:
