@@ -12,7 +12,7 @@ from pipelines.runner import PREVIEW, RunOptions, run_pipeline, run_preview
 HELP = (
     "Run a recipe (YAML) over a URL + caption list and write shards/, rejects/ and manifest.json, "
     "then print the funnel: rows each stage received, kept and rejected, the share it removed (a stage "
-    "over the recipe's warn_reject_share, default 30%%, is marked '!' and explained), its worker-seconds "
+    "over the recipe's warn_reject_share, default 30%, is marked '!' and explained), its worker-seconds "
     "and rows per worker-second. "
     "Example: curate run pipelines/recipes/datacomp-basic.yaml --input urls.parquet --output out/ "
     "(preview first: add --sample 1000)"
