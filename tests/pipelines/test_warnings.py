@@ -122,6 +122,22 @@ def test_costs_are_measured_per_call_and_never_written(tmp_path):
     assert not [c for c in _columns(out / "shards") | _columns(out / "rejects") if c.startswith("_cost")]
 
 
+class HalfGpu(DrawReject):
+    """Declares half a GPU per worker (the inline executor runs it on the CPU all the same)."""
+
+    def resources(self) -> Resources:
+        return Resources(batch_size=BATCH, num_gpus=0.5)
+
+
+def test_gpu_seconds_are_call_seconds_times_the_gpus_a_worker_holds(tmp_path):
+    stage = HalfGpu(share=0.1, sleep=SLEEP)
+    manifest = run_pipeline(Recipe(input={"partition_size": 100}), [stage], _pool(tmp_path), str(tmp_path / "out"),
+                            RunOptions(inline=True, progress=False))
+    cost = manifest["stages"][1]["cost"]
+    assert cost["worker_s"] >= ROWS // BATCH * SLEEP and cost["num_gpus"] == 0.5
+    assert cost["gpu_s"] == pytest.approx(0.5 * cost["worker_s"], abs=1e-3)
+
+
 def test_a_resumed_run_keeps_the_cost_of_rows_done_before(tmp_path):
     pool, out = _pool(tmp_path), tmp_path / "out"
     first = _run(pool, out)
