@@ -151,7 +151,7 @@ def test_a_resumed_run_keeps_the_cost_of_rows_done_before(tmp_path):
 
 def test_costs_through_ray_with_a_global_stage(ray_local, tmp_path):
     raw = {"name": "ray-costs", "input": {"partition_size": 60},
-           "stages": [{"basic_filter": {}}, {"dedup_minhash": {"threshold": 0.8}}]}
+           "stages": [{"basic_filter": {}}, {"dedup_minhash": {"threshold": 0.8, "match": "caption"}}]}
     captions = [f"red square number {i % 90} on white" for i in range(150)] + [f"x{i}" for i in range(30)]
     pool = tmp_path / "pool.parquet"
     pq.write_table(pa.table({"url": [f"http://example.test/{i}.jpg" for i in range(180)], "caption": captions}), pool)
