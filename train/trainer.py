@@ -55,6 +55,8 @@ class TrainConfig(BaseModel):
     precision: Literal["auto", "fp32", "amp_bf16", "amp_fp16"] = "auto"
     accum: int = Field(1, ge=1)  # micro-batches per batch (memory), same loss as one batch
     lock_text: bool = False
+    augment: bool = False  # crops, flips, colour jitter (train.model.AUGMENT) instead of open_clip's crop
+    threads: int | None = Field(None, ge=1)  # torch CPU threads for the run; None: leave as set
     workers: int = Field(0, ge=0)  # data-loader worker processes per rank
     shuffle_buffer: int = Field(1000, ge=1)
     seed: int = 0
@@ -167,9 +169,11 @@ def build_optimizer(model, config: TrainConfig) -> torch.optim.AdamW:
             continue
         exclude = param.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name
         (no_decay if exclude else decay).append(param)
+    devices = {p.device.type for p in decay + no_decay}
     return torch.optim.AdamW(
         [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": config.wd}],
-        lr=config.lr, betas=(config.beta1, config.beta2), eps=config.eps)
+        lr=config.lr, betas=(config.beta1, config.beta2), eps=config.eps,
+        fused=devices <= {"cpu", "cuda"} or None)  # one kernel per step: on CPU 3x faster than the loop
 
 
 def fit(config: TrainConfig) -> TrainResult:
@@ -184,7 +188,29 @@ def fit(config: TrainConfig) -> TrainResult:
 def fit_worker(config: TrainConfig, *, rank: int = 0, world_size: int = 1, device: torch.device | None = None,
                wrap=None, gather=None) -> TrainResult:
     """The loop of one process. ``wrap`` puts the model in DDP; ``gather`` collects every
-    rank's data positions for the checkpoint (both from Ray Train when distributed)."""
+    rank's data positions for the checkpoint (both from Ray Train when distributed).
+
+    On CPU a run is bitwise reproducible for a given seed, data and thread count (the
+    order of parallel reductions follows the thread count): ``threads`` pins it.
+    """
+    with torch_threads(config.threads):
+        return _fit_worker(config, rank=rank, world_size=world_size, device=device, wrap=wrap, gather=gather)
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None):
+    """Run with ``threads`` torch CPU threads (None: as set), then restore the setting."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _fit_worker(config: TrainConfig, *, rank: int, world_size: int, device: torch.device | None,
+                wrap, gather) -> TrainResult:
     started = time.perf_counter()
     output = Path(config.output)
     device = device or _device(config.device)
@@ -198,7 +224,7 @@ def fit_worker(config: TrainConfig, *, rank: int = 0, world_size: int = 1, devic
     torch.manual_seed(config.seed)
 
     bundle = create(output if resume else config.model, loss=config.loss, pretrained=config.pretrained,
-                    lock_text=config.lock_text, device=device)
+                    lock_text=config.lock_text, augment=config.augment, device=device)
     model = bundle.model
     model.output_dict = True
     optimizer = build_optimizer(model, config)
@@ -239,7 +265,8 @@ def fit_worker(config: TrainConfig, *, rank: int = 0, world_size: int = 1, devic
     def save(final: bool = False):
         every = gather(positions) if gather else positions
         if is_main:
-            info = {"loss": last_loss, "total_steps": total_steps, "config": config.model_dump(mode="json")}
+            info = {"loss": last_loss, "total_steps": total_steps, "threads": torch.get_num_threads(),
+                    "config": config.model_dump(mode="json")}
             if final:
                 info.update(samples_per_s=round(samples_total / train_time, 3) if train_time else 0.0,
                             wall_s=round(time.perf_counter() - started, 3))
