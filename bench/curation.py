@@ -30,12 +30,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pyarrow.parquet as pq  # noqa: E402
 import yaml  # noqa: E402
 
-from curation.ablate import load_experiment, run_ablation  # noqa: E402
+from curation.ablate import download_pool, load_experiment, run_ablation  # noqa: E402
 from curation.ablate_report import summary_table  # noqa: E402
 from curation.pools import make_pool  # noqa: E402
 from pipelines.runner import RunOptions  # noqa: E402
 from pipelines.sampleweb import SampleWeb  # noqa: E402
-from train.api import evaluate, train  # noqa: E402
+from train.api import evaluate  # noqa: E402
+from train.filter_model import train_filter_model  # noqa: E402
 
 RECIPE = Path(__file__).resolve().parents[1] / "pipelines" / "recipes" / "recommended.yaml"
 
@@ -47,12 +48,16 @@ def main(argv=None) -> int:
     parser.add_argument("--pools", nargs="+", default=["fashion", "photos"])
     parser.add_argument("--recipe", default=str(RECIPE))
     parser.add_argument("--model", default="lit-tiny", help="the model every variant trains")
-    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--filter-steps", type=int, default=300, help="steps of the DFN filter model")
+    parser.add_argument("--filter-steps", type=int, default=600, help="steps of the DFN filter model "
+                        "(train.filter_model: LiT, augmentation; docs/filter-model.md)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads for training (1: a shared 2-core machine trains faster so)")
     parser.add_argument("--variants", default=None, help="YAML mapping of extra variants (curate ablate format)")
     parser.add_argument("--keep", action="store_true", help="keep the workdir of an earlier run (resume)")
+    parser.add_argument("--port", type=int, default=18_710, help="first loopback port of the pools' web servers")
     args = parser.parse_args(argv)
     work = Path(args.workdir)
     if not args.keep:
@@ -70,6 +75,7 @@ def main(argv=None) -> int:
         "noise_removed": min(p["noise_removed"] for p in per_pool.values()),
         "mismatch_removed": min(p["mismatch_removed"] for p in per_pool.values()),
         "beats_raw_by_more_than_spread": all(p["gain_vs_raw"] > 100 * p["seed_spread"] for p in per_pool.values()),
+        "no_silent_loss": all(p["no_silent_loss"] for p in per_pool.values()),
         "per_pool": per_pool, "wall_s": round(time.time() - started, 1),
     }
     print(json.dumps(summary))
@@ -88,32 +94,39 @@ def bench_pool(name: str, args, work: Path) -> dict:
     print(f"[{name}] pool of {args.rows} rows: {pool.truth()} ({time.time() - t0:.0f}s)", flush=True)
 
     filter_model = work / "filter"
-    if not (filter_model / "open_clip_config.json").exists():
-        t0 = time.time()
-        train(work / "trusted", "lit-tiny", output=filter_model, steps=args.filter_steps, batch_size=128,
-              lr=1e-3, lock_text=True, seed=0, quiet=True)
-        print(f"[{name}] filter model: {args.filter_steps} steps in {time.time() - t0:.0f}s", flush=True)
-    heldout = evaluate(filter_model, pairs=work / "trusted_heldout.parquet")
-    print(f"[{name}] filter model on held-out trusted pairs: {json.dumps(heldout)}", flush=True)
-
     recipe = yaml.safe_load(Path(args.recipe).read_text())
     for entry in recipe["stages"]:
         if "download" in entry:  # the bench's web is on loopback; the trainer works at 32 px
             entry["download"].update(allow_private_networks=True, image_size=64, timeout=5)
         if "clip_score" in entry:
             entry["clip_score"]["model"] = str(filter_model)
+            if "reference" in entry["clip_score"]:
+                entry["clip_score"]["reference"] = str(work / "trusted_heldout.parquet")
     (work / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
     variants = yaml.safe_load(Path(args.variants).read_text()) if args.variants else {}
-    with SampleWeb(samples=pool.samples) as web:
-        web.write_pool(str(work / "pool.parquet"))
+    log = lambda line: print(f"[{name}] {line}", flush=True)  # noqa: E731
+    # a fixed port per pool: the same URLs on a rerun, so --keep reuses the cached work
+    with SampleWeb(samples=pool.samples, port=args.port + args.pools.index(name)) as web:
+        if not (work / "pool.parquet").exists():
+            web.write_pool(str(work / "pool.parquet"))
         experiment = {"name": f"bench-{name}", "pool": "pool.parquet", "recipe": "recipe.yaml",
                       "eval": "eval.parquet", "truth": {}, "variants": variants,
                       "train": {"model": args.model, "steps": args.steps, "batch_size": args.batch_size,
-                                "lr": 1e-3, "lock_text": args.model.startswith("lit"), "seeds": args.seeds}}
+                                "lr": 1e-3, "lock_text": args.model.startswith("lit"), "seeds": args.seeds,
+                                "threads": args.threads}}
         (work / "experiment.yaml").write_text(yaml.safe_dump(experiment, sort_keys=False))
-        report = run_ablation(load_experiment(work / "experiment.yaml"), work / "ablation",
-                              RunOptions(progress=False), log=lambda line: print(f"[{name}] {line}", flush=True))
+        experiment = load_experiment(work / "experiment.yaml")
+        downloaded = download_pool(experiment, work / "ablation", RunOptions(progress=False), log=log)
+        if not (filter_model / "open_clip_config.json").exists():
+            t0 = time.time()
+            train_filter_model(work / "trusted", output=filter_model, pool=downloaded / "shards",
+                               steps=args.filter_steps, threads=args.threads)
+            log(f"filter model: trusted pairs + self-training on the pool in {time.time() - t0:.0f}s")
+        heldout = evaluate(filter_model, pairs=work / "trusted_heldout.parquet")
+        log(f"filter model on held-out trusted pairs: {json.dumps(heldout)}")
+        report = run_ablation(experiment, work / "ablation", RunOptions(progress=False), log=log)
     print(summary_table(report), flush=True)
+    shipped = shipped_recipes(work, Path(report["variants"]["raw"]["final"]) / "shards", filter_model, args)
     variants = report["variants"]
     base, raw, oracle = variants["base"], variants["raw"], variants["clean_oracle"]
     gains = [b["zeroshot_top1"] - r["zeroshot_top1"] for b, r in zip(base["runs"], raw["runs"])]
@@ -125,7 +138,49 @@ def bench_pool(name: str, args, work: Path) -> dict:
         "mismatch_removed": base["truth"]["mismatch_removed"],
         "oracle_gap": round(100 * (oracle["zeroshot_top1"] - base["zeroshot_top1"]), 2),
         "filter_model": heldout, "warnings": base["warnings"], "wall_s": report["wall_s"],
+        "shipped_recipes": shipped,
+        "no_silent_loss": all(r["clean_kept"] >= 0.5 or r["warnings"] for r in shipped.values()),
     }
+
+
+def shipped_recipes(work: Path, downloaded: Path, filter_model: Path, args) -> dict:
+    """Every recipe in pipelines/recipes/ over the downloaded pool (download stage left
+    out: the pool is already fetched): clean pairs kept, and whether the run warned."""
+    import os
+
+    from pipelines import cli
+    from pipelines.recipe import expand_env, parse_recipe
+    from pipelines.runner import run_pipeline
+
+    metadata = work / "metadata.json"
+    if not metadata.exists():
+        cli.main(["metadata", "build", "--captions", str(work / "pool.parquet"), "--output", str(metadata),
+                  "--min-count", "5", "--no-bigrams"])
+    os.environ.update(CLIPCURATE_FILTER_MODEL=str(filter_model), CLIP_MODEL=str(filter_model),
+                      CLIPCURATE_FILTER_REFERENCE=str(work / "trusted_heldout.parquet"),
+                      CLIPCURATE_METADATA=str(metadata), METACLIP_METADATA=str(metadata))
+    clean = _clean(downloaded)
+    out = {}
+    for path in sorted(RECIPE.parent.glob("*.yaml")):
+        raw = expand_env(yaml.safe_load(path.read_text()), str(path))
+        raw["stages"] = [e for e in raw["stages"] if "download" not in (e if isinstance(e, dict) else {e: 0})]
+        recipe, stages = parse_recipe(raw, source=str(path))
+        run = work / "shipped" / path.stem
+        shutil.rmtree(run, ignore_errors=True)
+        t0 = time.time()
+        manifest = run_pipeline(recipe, stages, str(downloaded), str(run), RunOptions(progress=False))
+        out[path.stem] = {"clean_kept": round(_clean(run / "shards") / clean, 4), "warnings": manifest["warnings"],
+                          "kept": manifest["totals"]["kept"], "wall_s": round(time.time() - t0, 1)}
+        print(f"[shipped] {path.stem}: clean kept {out[path.stem]['clean_kept']:.1%}, "
+              f"{len(manifest['warnings'])} warnings", flush=True)
+    return out
+
+
+def _clean(shards: Path) -> int:
+    import pyarrow.compute as pc
+
+    return sum(pc.sum(pc.equal(pq.read_table(p, columns=["sample_kind"]).column("sample_kind"), "ok")).as_py() or 0
+               for p in sorted(Path(shards).glob("*.parquet")))
 
 
 def _mean(values) -> float:

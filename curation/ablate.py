@@ -57,6 +57,8 @@ class TrainSpec(BaseModel):
     lock_text: bool = Field(False, description="LiT: keep a pretrained text tower frozen")
     seeds: list[int] = Field([0, 1], min_length=1, description="one training run per seed; the report gives the spread")
     templates: list[str] | None = Field(None, description="zero-shot prompt templates (default: the evaluator's)")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (1 on a shared or loaded machine: "
+                                "busy-waiting threads there cost more than they give)")
 
 
 class TruthSpec(BaseModel):
@@ -189,6 +191,22 @@ def run_ablation(experiment: Experiment, output: str | Path, options: RunOptions
     write_report(report, out)
     (out / "ablation.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     return report
+
+
+def download_pool(experiment: Experiment, output: str | Path, options: RunOptions | None = None,
+                  log=print) -> Path:
+    """Run (or reuse) the experiment's shared download segment; returns its run folder.
+
+    What a filter model may self-train on before the variants run (``run_ablation``
+    then reuses this download)."""
+    base = plan_variants(experiment)[0]
+    if not base.recipe["stages"] or _name(base.recipe["stages"][0]) != "download":
+        raise UserError("the base recipe does not start with a download stage")
+    cache = Segments(Path(output) / "cache", options or RunOptions(progress=False), log)
+    pool_key = _digest([_input_fingerprint(experiment.pool)])
+    _curate(Planned(base.name, {**base.recipe, "stages": base.recipe["stages"][:1]}, base.stages[:1]),
+            experiment.pool, pool_key, cache, [])
+    return cache.root / _digest([pool_key, base.recipe["stages"][0]])
 
 
 # ------------------------------------------------------------------ segments
@@ -330,7 +348,8 @@ def _train_eval(final: Path, experiment: Experiment, seed: int, folder: Path, lo
         log(f"[{name}] training seed {seed} ({spec.steps} steps x {spec.batch_size}) ...")
         t0 = time.time()
         trained = train(str(final), spec.model, output=str(folder / "ckpt"), steps=spec.steps,
-                        batch_size=spec.batch_size, lr=spec.lr, lock_text=spec.lock_text, seed=seed, quiet=True)
+                        batch_size=spec.batch_size, lr=spec.lr, lock_text=spec.lock_text, seed=seed,
+                        threads=spec.threads, quiet=True)
         scores = evaluate(trained.output, experiment.eval, pairs=experiment.retrieval, templates=spec.templates)
         result = {"seed": seed, "train_s": round(time.time() - t0, 1), **scores}
         shutil.rmtree(folder / "ckpt", ignore_errors=True)  # the figures are what is compared

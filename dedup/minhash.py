@@ -43,7 +43,7 @@ from datasketch import MinHash, MinHashLSH
 from pydantic import Field, model_validator
 
 from dedup import _groups
-from dedup.perceptual import DEFAULT_MAX_DISTANCE, hamming, hash_bands, image_hash
+from dedup.perceptual import PHASH_RADIUS, hamming, hash_bands, image_hash
 from pipelines.stage import StageConfig, ensure_columns, kept_mask, set_column
 
 _SPACES = re.compile(r"\s+")
@@ -60,7 +60,7 @@ class MinHashDedupConfig(StageConfig):
         0.8, gt=0.0, le=1.0, description="Jaccard similarity of shingle sets at or above which captions are near-duplicates"
     )
     image_max_distance: int = Field(
-        DEFAULT_MAX_DISTANCE,
+        PHASH_RADIUS,
         ge=0,
         le=31,
         description="match: pair: Hamming radius (inclusive) on the images' 64-bit pHash; default dedup_perceptual's "

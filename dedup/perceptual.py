@@ -8,17 +8,18 @@ crawling"): split the 64 bits into r + 1 bands; two hashes within distance r agr
 exactly on at least one band, so candidates are rows sharing a band value, and each
 candidate pair is then verified on the exact Hamming distance of every listed hash.
 
-The default radius, 2, was measured (``bench/perceptual_radius.py``, docs/dedup.md)
-on 2,220 distinct real images, 17,340 in all: windows of scikit-image's bundled photos
-and of Debian's nature wallpapers, its textures, and Fashion-MNIST products, each with
-JPEG/WebP re-encodes, resizes, 2-5 % crops and +-8 % brightness as true duplicates.
-It is the radius with the best recall whose pair precision is >= 0.99 on every kind
-of image: 0.9998 precision, 0.72 recall (0.89-0.99 on re-encodes and resizes; crops
-mostly escape pHash). Radius 4 merged look-alike products of one class (precision 0.986
-on them) and the former default 6 merged far more (0.904). pHash marks the 32 of its
+The default (pHash *and* dHash within 4 bits) was measured (``bench/perceptual_radius.py``,
+docs/dedup.md) on 2,220 distinct real images, 17,340 in all: windows of scikit-image's
+bundled photos and of Debian's nature wallpapers, its textures, and Fashion-MNIST
+products, each with JPEG/WebP re-encodes, resizes, 2-5 % crops and +-8 % brightness as
+true duplicates: pair precision 0.9998 overall and >= 0.9995 on every kind, recall 0.76.
+pHash alone passes the same rule only up to radius 2 (0.9998, recall 0.72); at radius 4
+it merged look-alike products of one class (precision 0.986 on them), and the former
+default (pHash, 6) far more (0.904). On the web-like benchmark pool of product photos
+(``curation/pools.py``) pHash at 2 still merged about 3 % of distinct clean products,
+both hashes at 4 almost none, at the same duplicate recall. pHash marks the 32 of its
 64 DCT coefficients above their median (on every image measured), so its distances
-are even: radius 3 acts as 2. A small radius also keeps the pigeonhole bands wide (3
-bands of 21-22 bits), so buckets stay small on a crawl.
+are even.
 """
 
 from __future__ import annotations
@@ -36,19 +37,22 @@ from dedup import _groups
 from pipelines.stage import StageConfig, ensure_columns, kept_mask, set_column
 
 HASH_BITS = 64
-DEFAULT_MAX_DISTANCE = 2  # measured by bench/perceptual_radius.py (module docstring)
+DEFAULT_HASHES = ("phash", "dhash")  # measured by bench/perceptual_radius.py (module docstring)
+DEFAULT_MAX_DISTANCE = 4
+PHASH_RADIUS = 2  # pHash alone: the widest radius with precision >= 0.99 on every kind
 
 
 class PerceptualDedupConfig(StageConfig):
     hashes: tuple[Literal["phash", "dhash"], ...] = Field(
-        ("phash",), min_length=1, description="hashes a pair must be near on (all of them); the first one is bucketed"
+        DEFAULT_HASHES, min_length=1,
+        description="hashes a pair must be near on (all of them); the first one is bucketed"
     )
     max_distance: int = Field(
         DEFAULT_MAX_DISTANCE,
         ge=0,
         le=31,
-        description="Hamming radius (inclusive) on each 64-bit hash; 2 measured on real photos and products "
-        "(precision 0.9998, recall 0.72); 4 and up merge look-alike products",
+        description="Hamming radius (inclusive) on each 64-bit hash; 4 on pHash and dHash measured on real photos "
+        "and products (precision 0.9998, recall 0.76); with pHash alone use 2",
     )
 
 

@@ -20,7 +20,7 @@ def test_reencodes_resizes_and_crops_are_grouped(run_global, make_pool, images, 
         ],
         scores=[0.2, 0.1, 0.1, 0.1, 0.1, 0.1, 0.9, 0.9],
     )
-    out = run_global(PerceptualDedup(max_distance=6), table)
+    out = run_global(PerceptualDedup(hashes=("phash",), max_distance=6), table)
     got = reasons_of(out)
     assert got["orig"] is None and got["other1"] is None and got["other2"] is None
     for uid in ("jpeg30", "jpeg90", "half", "double", "crop"):
@@ -48,7 +48,7 @@ def test_bucketing_finds_every_pair_within_radius(ray_local):
     hashes = np.concatenate([base, near])
     uids = [f"u{i:04d}" for i in range(len(hashes))]
     table = pa.table({"uid": uids, "phash": pa.array(hashes, pa.uint64()), "reject": pa.nulls(len(uids), pa.string())})
-    stage = PerceptualDedup(max_distance=radius)
+    stage = PerceptualDedup(hashes=("phash",), max_distance=radius)
     stage.fit(ray_local.data.from_arrow(table).repartition(4))
     removed = set(stage.stats()["duplicates"].column("uid").to_pylist())
     distance = hamming(hashes[:, None], hashes[None, :])
@@ -98,7 +98,7 @@ def test_default_radius_on_real_photos(run_global, make_pool, images, reasons_of
         uids += [f"{name}_{v}" for v in variants]
         data += list(variants.values())
     stage = PerceptualDedup()
-    assert stage.config.max_distance == 2
+    assert stage.config.max_distance == 4 and stage.config.hashes == ("phash", "dhash")
     scores = [1.0 if uid.endswith("_png") else 0.5 for uid in uids]
     got = reasons_of(run_global(stage, make_pool(uids, images=data, scores=scores)))
     for name in ("astronaut", "coffee", "chelsea"):
@@ -108,9 +108,9 @@ def test_default_radius_on_real_photos(run_global, make_pool, images, reasons_of
 
 
 def test_look_alike_products_are_kept_at_the_default_radius(run_global, make_pool, images, reasons_of):
-    """Two different Fashion-MNIST sneakers whose pHashes are 4 bits apart: the former
-    default (6) and radius 4 merge them, the default keeps them (a JPEG re-encode of
-    one is still its duplicate)."""
+    """Two different Fashion-MNIST sneakers whose pHashes are 4 bits apart: pHash alone at
+    radius 4 (and the former default, 6) merges them; the default keeps them, because
+    their dHashes differ more (a JPEG re-encode of one is still its duplicate)."""
     from PIL import Image
 
     from train.datasets import FASHION_MNIST_DIR, fashion_mnist
@@ -124,4 +124,5 @@ def test_look_alike_products_are_kept_at_the_default_radius(run_global, make_poo
     table = make_pool(["a", "a_jpeg", "b"], images=[images.encode(a), images.encode(a, "JPEG", quality=75), images.encode(b)])
     assert hamming(*(np.uint64(h) for h in PerceptualDedup().prepare(table).column("phash").to_pylist()[::2])) == 4
     assert reasons_of(run_global(PerceptualDedup(), table)) == {"a": None, "a_jpeg": "dedup_perceptual:duplicate_of=a", "b": None}
-    assert reasons_of(run_global(PerceptualDedup(max_distance=4), table))["b"] == "dedup_perceptual:duplicate_of=a"
+    assert reasons_of(run_global(PerceptualDedup(hashes=("phash",), max_distance=4), table))["b"] == \
+        "dedup_perceptual:duplicate_of=a"
