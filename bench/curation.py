@@ -51,8 +51,6 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--filter-steps", type=int, default=600, help="steps of the DFN filter model "
-                        "(train.filter_model: LiT, augmentation; docs/filter-model.md)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads for training (1: a shared 2-core machine trains faster so)")
     parser.add_argument("--variants", default=None, help="YAML mapping of extra variants (curate ablate format)")
@@ -120,7 +118,7 @@ def bench_pool(name: str, args, work: Path) -> dict:
         if not (filter_model / "open_clip_config.json").exists():
             t0 = time.time()
             train_filter_model(work / "trusted", output=filter_model, pool=downloaded / "shards",
-                               steps=args.filter_steps, threads=args.threads)
+                               threads=args.threads)
             log(f"filter model: trusted pairs + self-training on the pool in {time.time() - t0:.0f}s")
         heldout = evaluate(filter_model, pairs=work / "trusted_heldout.parquet")
         log(f"filter model on held-out trusted pairs: {json.dumps(heldout)}")
@@ -166,9 +164,12 @@ def shipped_recipes(work: Path, downloaded: Path, filter_model: Path, args) -> d
         raw["stages"] = [e for e in raw["stages"] if "download" not in (e if isinstance(e, dict) else {e: 0})]
         recipe, stages = parse_recipe(raw, source=str(path))
         run = work / "shipped" / path.stem
-        shutil.rmtree(run, ignore_errors=True)
         t0 = time.time()
-        manifest = run_pipeline(recipe, stages, str(downloaded), str(run), RunOptions(progress=False))
+        if (run / "manifest.json").exists():  # --keep: an earlier run of this recipe
+            manifest = json.loads((run / "manifest.json").read_text())
+        else:
+            shutil.rmtree(run, ignore_errors=True)
+            manifest = run_pipeline(recipe, stages, str(downloaded), str(run), RunOptions(progress=False))
         out[path.stem] = {"clean_kept": round(_clean(run / "shards") / clean, 4), "warnings": manifest["warnings"],
                           "kept": manifest["totals"]["kept"], "wall_s": round(time.time() - t0, 1)}
         print(f"[shipped] {path.stem}: clean kept {out[path.stem]['clean_kept']:.1%}, "

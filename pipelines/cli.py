@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "stats": "curation.audit.stats_cli",
     "metadata": "curation.metadata_cli",
     "ablate": "curation.ablate_cli",
+    "filter-model": "train.filter_model_cli",
 }
 
 SUMMARIES: dict[str, str] = {
@@ -35,6 +36,7 @@ SUMMARIES: dict[str, str] = {
     "stats": "print a run's key numbers (JSON with --json)",
     "metadata": "build or inspect MetaCLIP metadata entry lists",
     "ablate": "compare recipe variants by training on each at equal samples seen",
+    "filter-model": "train the DFN filter model clip_score scores a pool with, from trusted pairs",
 }
 
 
