@@ -276,7 +276,7 @@ def _scoring_entry(variant: Planned, everyone: list[Planned]) -> dict | None:
     wants_embeddings = any(_params(e).get("embeddings") for p in everyone for e in p.recipe["stages"]
                            if _name(e) == "clip_score" and (_params(e)["model"], _params(e).get("pretrained")) == model)
     scoring = {k: v for k, v in params.items()
-               if k not in ("min_score", "keep_top", "keep_clean", "reference", "embeddings")}
+               if k not in ("min_score", "keep_top", "keep_clean", "reference", "keep_matched", "embeddings")}
     return {"clip_score": {**scoring, "embeddings": bool(wants_embeddings)}}
 
 
@@ -340,7 +340,10 @@ def _train_eval(final: Path, experiment: Experiment, seed: int, folder: Path, lo
 
     done = folder / "result.json"
     if done.exists():
-        return json.loads(done.read_text())
+        cached = json.loads(done.read_text())
+        if cached.get("data") == str(final) and cached.get("train") == experiment.train.model_dump():
+            return cached  # the same shards and budget: the figures stand
+    shutil.rmtree(folder, ignore_errors=True)
     spec = experiment.train
     if _rows(final / "shards") == 0:
         result = {"seed": seed, "zeroshot_top1": None, "note": "no pairs kept"}
@@ -352,6 +355,7 @@ def _train_eval(final: Path, experiment: Experiment, seed: int, folder: Path, lo
                         threads=spec.threads, quiet=True)
         scores = evaluate(trained.output, experiment.eval, pairs=experiment.retrieval, templates=spec.templates)
         result = {"seed": seed, "train_s": round(time.time() - t0, 1), **scores}
+    result.update(data=str(final), train=experiment.train.model_dump())
         shutil.rmtree(folder / "ckpt", ignore_errors=True)  # the figures are what is compared
     folder.mkdir(parents=True, exist_ok=True)
     done.write_text(json.dumps(result, indent=2, default=str))

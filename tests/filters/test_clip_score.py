@@ -333,3 +333,19 @@ def test_scores_from_the_same_model_are_reused(checkpoint, tmp_path, monkeypatch
          for f in scored.schema]))
     with pytest.raises(pytest.fail.Exception, match="model loaded again"):
         ClipScore(model=str(checkpoint))(other)  # another model's scores are recomputed
+
+
+def test_keep_matched_cuts_where_the_score_mixture_says(checkpoint, ray_local):
+    table, mismatched = pool(48, mismatch_every=3)
+    stage = ClipScore(model=str(checkpoint), keep_matched=0.8)
+    assert stage.is_global
+    prepared = stage.prepare(table)
+    stage.fit(ray.data.from_arrow(prepared))
+    summary = stage.summary()
+    low, high = summary["mixture_means"]
+    assert low < summary["mixture_threshold"] <= high
+    out = pickle.loads(pickle.dumps(stage))(prepared)
+    rejected = np.array([r is not None for r in out.column("reject").to_pylist()])
+    scores = prepared.column("clip_score").to_numpy()
+    np.testing.assert_array_equal(rejected, scores < summary["threshold"])
+    assert rejected[mismatched].mean() > rejected[~mismatched].mean()  # the cut falls on the mismatches
