@@ -355,8 +355,8 @@ def _train_eval(final: Path, experiment: Experiment, seed: int, folder: Path, lo
                         threads=spec.threads, quiet=True)
         scores = evaluate(trained.output, experiment.eval, pairs=experiment.retrieval, templates=spec.templates)
         result = {"seed": seed, "train_s": round(time.time() - t0, 1), **scores}
-    result.update(data=str(final), train=experiment.train.model_dump())
         shutil.rmtree(folder / "ckpt", ignore_errors=True)  # the figures are what is compared
+    result.update(data=str(final), train=experiment.train.model_dump())
     folder.mkdir(parents=True, exist_ok=True)
     done.write_text(json.dumps(result, indent=2, default=str))
     return result
