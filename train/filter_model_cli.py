@@ -16,7 +16,6 @@ HELP = ("Train the filter model that the clip_score stage scores a pool with (DF
 def configure(parser: argparse.ArgumentParser) -> None:
     from train.filter_model import DEFAULTS
 
-    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
     parser.add_argument("--trusted", required=True, nargs="+",
                         help="trusted pairs: a run dir, shards dir, glob or parquet files with image + caption")
     parser.add_argument("--output", required=True, help="checkpoint directory to write (open_clip local-dir)")
@@ -26,20 +25,26 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--heldout",
                         help="held-out pairs (image, caption, optional label) to report mismatch_auc on")
     parser.add_argument("--model", default=DEFAULTS["model"],
-                        help="bundled config, JSON config or checkpoint dir (as curate train --model)")
+                        help="bundled config, JSON config or checkpoint dir, as curate train --model "
+                             "(default: %(default)s)")
     parser.add_argument("--no-lock-text", dest="lock_text", action="store_false",
                         help="train the text tower too (a locked pretrained one is the recipe)")
     parser.add_argument("--no-augment", dest="augment", action="store_false",
                         help="open_clip's default crop only instead of crops, flips and colour jitter")
-    parser.add_argument("--steps", type=int, default=DEFAULTS["steps"], help="steps of the first round")
+    parser.add_argument("--steps", type=int, default=DEFAULTS["steps"],
+                        help="steps of the first round (default: %(default)s)")
     parser.add_argument("--self-train-steps", type=int, default=DEFAULTS["self_train_steps"],
-                        help="steps of the second round (with --pool)")
+                        help="steps of the second round, with --pool (default: %(default)s)")
     parser.add_argument("--self-train-top", type=float, default=DEFAULTS["self_train_top"],
-                        help="share of the scored pool added to the trusted pairs (best scores first)")
-    parser.add_argument("--pool-rows", type=int, default=DEFAULTS["pool_rows"], help="pool rows to score")
-    parser.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
-    parser.add_argument("--lr", type=float, default=DEFAULTS["lr"])
-    parser.add_argument("--seed", type=int, default=0)
+                        help="share of the scored pool added to the trusted pairs, best scores first "
+                             "(default: %(default)s)")
+    parser.add_argument("--pool-rows", type=int, default=DEFAULTS["pool_rows"],
+                        help="pool rows to score (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"],
+                        help="default: %(default)s")
+    parser.add_argument("--lr", type=float, default=DEFAULTS["lr"],
+                        help="peak learning rate (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="default: %(default)s")
     parser.add_argument("--threads", type=int,
                         help="torch CPU threads (same seed + threads: bitwise-identical CPU runs)")
     parser.add_argument("--verbose", action="store_true", help="print training progress")

@@ -40,7 +40,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="LiT: freeze the (pretrained) text tower, train the image tower only")
     parser.add_argument("--augment", action="store_true",
                         help="random resized crops (50-100%%), horizontal flips and colour jitter on training "
-                             "images, seeded (default: open_clip's 90-100%% crop only)")
+                             "images, seeded, instead of open_clip's 90-100%% crop")
     parser.add_argument("--threads", type=int,
                         help="torch CPU threads for the run (same seed + threads: bitwise-identical CPU runs)")
     parser.add_argument("--workers", type=int, default=0, help="data-loader worker processes per rank")
