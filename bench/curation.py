@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -27,13 +28,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import pyarrow.compute as pc  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import yaml  # noqa: E402
 
 from curation.ablate import download_pool, load_experiment, run_ablation  # noqa: E402
 from curation.ablate_report import summary_table  # noqa: E402
 from curation.pools import make_pool  # noqa: E402
-from pipelines.runner import RunOptions  # noqa: E402
+from pipelines import cli  # noqa: E402
+from pipelines.recipe import expand_env, parse_recipe  # noqa: E402
+from pipelines.runner import RunOptions, run_pipeline  # noqa: E402
 from pipelines.sampleweb import SampleWeb  # noqa: E402
 from train.api import evaluate  # noqa: E402
 from train.filter_model import train_filter_model  # noqa: E402
@@ -144,12 +148,6 @@ def bench_pool(name: str, args, work: Path) -> dict:
 def shipped_recipes(work: Path, downloaded: Path, filter_model: Path, args) -> dict:
     """Every recipe in pipelines/recipes/ over the downloaded pool (download stage left
     out: the pool is already fetched): clean pairs kept, and whether the run warned."""
-    import os
-
-    from pipelines import cli
-    from pipelines.recipe import expand_env, parse_recipe
-    from pipelines.runner import run_pipeline
-
     metadata = work / "metadata.json"
     if not metadata.exists():
         cli.main(["metadata", "build", "--captions", str(work / "pool.parquet"), "--output", str(metadata),
@@ -178,8 +176,6 @@ def shipped_recipes(work: Path, downloaded: Path, filter_model: Path, args) -> d
 
 
 def _clean(shards: Path) -> int:
-    import pyarrow.compute as pc
-
     return sum(pc.sum(pc.equal(pq.read_table(p, columns=["sample_kind"]).column("sample_kind"), "ok")).as_py() or 0
                for p in sorted(Path(shards).glob("*.parquet")))
 

@@ -238,28 +238,29 @@ class Segments:
 
 
 def _curate(variant: Planned, pool, pool_key: str, cache: Segments, everyone: list[Planned]) -> Path:
-    """Run ``variant`` segment by segment, reusing every finished segment."""
+    """Run ``variant`` segment by segment, reusing every finished segment: the download,
+    the score-only run of its filter model, then one segment per stage."""
     entries = variant.recipe["stages"]
-    settings = Recipe.model_validate({k: v for k, v in variant.recipe.items() if k != "stages"}).model_dump()
-    run = {"settings": {k: v for k, v in settings.items() if k not in ("name", "stages")}}
-    source, key, rest = pool, pool_key, entries
+    recipe = Recipe.model_validate({k: v for k, v in variant.recipe.items() if k != "stages"}).model_dump()
+    settings = {k: v for k, v in recipe.items() if k != "name"}
+    source, key, folder = pool, pool_key, None
+
+    def segment(entry: dict, label: str) -> None:
+        nonlocal source, key, folder
+        key = _digest([key, entry])  # everything up to here: equal keys are equal work
+        folder = cache.run(key, entry, source, settings, label)
+        variant.segments.append({"key": key, "stage": label})
+        source = str(folder / "shards")
+
+    rest = entries
     if entries and _name(entries[0]) == "download":
-        key = _digest([key, entries[0]])
-        folder = cache.run(key, entries[0], source, label="download", **run)
-        variant.segments.append({"key": key, "stage": "download"})
-        source, rest = str(folder / "shards"), entries[1:]
+        segment(entries[0], "download")
+        rest = entries[1:]
     scoring = _scoring_entry(variant, everyone)
     if scoring is not None:
-        key = _digest([key, scoring])
-        folder = cache.run(key, scoring, source, label="clip_score (scoring)", **run)
-        variant.segments.append({"key": key, "stage": "clip_score (scoring)"})
-        source = str(folder / "shards")
-    folder = Path(source).parent if source != pool else None
+        segment(scoring, "clip_score (scoring)")
     for entry in rest:
-        key = _digest([key, entry])
-        folder = cache.run(key, entry, source, label=_name(entry), **run)
-        variant.segments.append({"key": key, "stage": _name(entry)})
-        source = str(folder / "shards")
+        segment(entry, _name(entry))
     if folder is None:
         raise UserError(f"variant {variant.name}: no stages to run")
     return folder

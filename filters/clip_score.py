@@ -128,6 +128,7 @@ class ClipScore(GlobalStage):
         self._summary: dict = {}
         self._histogram: pa.Table | None = None
         self._model_id: str | None = None
+        self._cut_facts: dict = {}  # how keep_clean / keep_matched found their cut, for the manifest
 
     # -------------------------------------------------------------- declared surface
 
@@ -229,7 +230,7 @@ class ClipScore(GlobalStage):
         matched = mixture.predict_proba(grid.reshape(-1, 1))[:, int(np.argmax(means))]
         above = np.flatnonzero(matched >= self.config.keep_matched)
         cut = float(grid[above[0]]) if above.size else float(means.max())
-        self._summary_mixture = {"mixture_means": [round(float(m), 4) for m in sorted(means)],
+        self._cut_facts |= {"mixture_means": [round(float(m), 4) for m in sorted(means)],
                                  "matched_share": round(float(mixture.weights_[int(np.argmax(means))]), 4),
                                  "mixture_threshold": cut}
         return cut
@@ -247,14 +248,15 @@ class ClipScore(GlobalStage):
         if result.scores.size == 0:
             raise ValueError(f"{self.label}: no decodable reference pairs in {self.config.reference}")
         threshold = float(np.quantile(result.scores, 1.0 - self.config.keep_clean))
-        self._summary_reference = {"reference_pairs": int(result.scores.size), "calibrated_threshold": threshold}
+        self._cut_facts |= {"reference_pairs": int(result.scores.size), "calibrated_threshold": threshold}
         self._runtime = None  # workers load their own; the driver needs no model after fit
         return threshold
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         if self.is_global:
             if not self._fit_done:
-                raise RuntimeError(f"{self.label}: keep_top/keep_clean/keep_matched need fit() over the dataset before __call__")
+                raise RuntimeError(f"{self.label}: keep_top/keep_clean/keep_matched need fit() over the dataset "
+                                   "before __call__")
             if "clip_score" not in batch.column_names:  # the runner passes prepared batches
                 batch = self._score(batch)
         else:
@@ -269,7 +271,7 @@ class ClipScore(GlobalStage):
         return {"histogram": self._histogram} if self._histogram is not None else {}
 
     def summary(self) -> dict:
-        return {**self._summary, **getattr(self, "_summary_reference", {}), **getattr(self, "_summary_mixture", {})}
+        return {**self._summary, **self._cut_facts}
 
     def __getstate__(self) -> dict:
         """Ship config and fitted state, never the model or threads (workers set up)."""

@@ -227,7 +227,6 @@ def _with_sample_columns(table: pa.Table, seen: set[str]) -> pa.Table:
             reason = "input:empty_caption"
         uids.append(uid)
         rejects.append(reason)
-    n = table.num_rows
     base_columns = {
         "uid": pa.array(uids, pa.string()),
         "url": table.column("url"),
