@@ -25,8 +25,9 @@ The labelled set, all offline:
   name, and its hashes are far from the original's anyway (about half the bits).
 
 Run: ``.venv/bin/python bench/perceptual_radius.py [--fashion-per-class 30]``. Prints the
-sweep table, then one JSON line (``precision`` and ``recall`` at the chosen radius and
-the whole sweep).
+sweep table, then one JSON line: ``default`` (the stage's default, pHash and dHash within
+4, with its precision and recall), ``precision`` and ``recall`` at the pHash-only radius
+the rule chooses, and the whole sweep.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image, ImageEnhance
 
-from dedup.perceptual import PerceptualDedup, hamming, image_hashes
+from dedup.perceptual import DEFAULT_HASHES, DEFAULT_MAX_DISTANCE, PerceptualDedup, hamming, image_hashes
 
 SIZE = 256
 RADII = range(0, 11)
@@ -158,7 +159,13 @@ def measure(originals: list[Original], images: Images) -> dict:
           f"recall {both['phash_dhash']['recall']}")
     print("recall of original -> variant:", json.dumps(at["recall_by_variant"]))
     print(f"mirror vs original pHash distance: median {np.median(mirror_distance):.0f}, min {mirror_distance.min()}")
+    default = next(r for r in sweep if r["radius"] == DEFAULT_MAX_DISTANCE)["phash_dhash"]
+    print(f"the stage default (pHash and dHash within {DEFAULT_MAX_DISTANCE}): precision {default['precision']}, "
+          f"recall {default['recall']}")
     return {
+        "default": {"hashes": list(DEFAULT_HASHES), "max_distance": DEFAULT_MAX_DISTANCE,
+                    "precision": default["precision"], "recall": default["recall"],
+                    "precision_by_kind": {k: v["precision"] for k, v in default["by_kind"].items()}},
         "radius": best["radius"],
         "precision": at["precision"],
         "recall": at["recall"],
