@@ -84,6 +84,8 @@ class Download(Stage):
 
     name = "download"
     Config = DownloadConfig
+    checkpoint = True
+    speed_params = ("thread_count", "batch_size")
     reads = ("url",)
     adds = {"image": pa.binary(), "width": pa.int32(), "height": pa.int32(),
             "original_width": pa.int32(), "original_height": pa.int32()}

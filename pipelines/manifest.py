@@ -175,6 +175,20 @@ def write_json_atomic(store: Storage, path: str, data: dict) -> None:
     store.write_bytes((json.dumps(data, indent=2, sort_keys=False) + "\n").encode(), path)
 
 
+def format_resume(resume: dict) -> str:
+    """One line: what this run reused of earlier work on the same output."""
+    if resume.get("finished"):
+        return "resume: this output already holds the run of this input and recipe; nothing ran"
+    parts = []
+    if resume.get("phase1_rows_reused"):
+        parts.append(f"{resume['phase1_rows_reused']:,} downloaded rows reused")
+    if resume.get("phase1_dropped_blocks"):
+        parts.append(f"{resume['phase1_dropped_blocks']} phase-1 blocks of another download recipe dropped")
+    if resume.get("recomputed_from"):
+        parts.append(f"recipe changed at {resume['recomputed_from']!r}: recomputed from there")
+    return "resume: " + ("; ".join(parts) if parts else "fresh run")
+
+
 def format_funnel(manifest: dict) -> str:
     """The per-stage funnel as a plain-text table, for the end of a run: rows, the share
     each stage removed (``!``: over warn_reject_share, explained under the table), and its

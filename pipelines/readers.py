@@ -67,6 +67,16 @@ def _remote_files(uri: str) -> list[str]:
     return [store.uri(p) for p in found]
 
 
+def input_fingerprint(spec, config: InputConfig) -> list:
+    """What identifies the input: each file's place, size and mtime, and how it is read."""
+    return json.loads(json.dumps(files_fingerprint(spec) + [config.model_dump()]))
+
+
+def files_fingerprint(spec) -> list:
+    """Each input file's place, size and mtime (cheap: no content read)."""
+    return [_fingerprint(f) for f in input_files(spec)]
+
+
 def _fingerprint(path: str) -> list:
     """What identifies an input file's content cheaply: where it is, its size and mtime."""
     store = Storage.at(path)
@@ -176,8 +186,7 @@ def split_input(spec, config: InputConfig, work_dir: str | Storage) -> dict:
     """
     work = work_dir if isinstance(work_dir, Storage) else Storage.at(work_dir)
     files = input_files(spec)
-    fingerprint = [_fingerprint(f) for f in files]
-    fingerprint.append(config.model_dump())
+    fingerprint = input_fingerprint(files, config)
     out_dir = work.path("input")
     index_path = work.path("input", "_index.json")
     if work.exists(index_path):

@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 
 from pipelines.errors import UserError
 from pipelines.fetch import is_transient
+from pipelines.lock import RunLock
 from pipelines.manifest import format_funnel, write_json_atomic
 from pipelines.recipe import parse_recipe
 from pipelines.runner import WORK, RunOptions, run_pipeline
@@ -48,6 +49,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     out = Storage.at(args.output)
+    if not out.exists(out.path("manifest.json")) and not out.exists(out.child(WORK).path(PLAN)):
+        raise UserError(f"{out.uri()}: no manifest.json, so not a finished run (finish it with 'curate run' first)")
+    with RunLock(out, "retry"):  # the run it starts takes the same lock again (re-entrant)
+        return _retry(args, out)
+
+
+def _retry(args: argparse.Namespace, out: Storage) -> int:
     work = out.child(WORK)
     phase1 = work.path("phase1")
     plan_path, uids_path = work.path(PLAN), work.path(UIDS)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from pipelines.manifest import PROJECTION_FORMULA, format_funnel, format_projection
+from pipelines.manifest import PROJECTION_FORMULA, format_funnel, format_projection, format_resume
 from pipelines.recipe import load_recipe
 from pipelines.runner import PREVIEW, RunOptions, run_pipeline, run_preview
 
@@ -34,13 +34,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="Ray cluster address to join (default: $RAY_ADDRESS, else an embedded Ray)")
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs for the embedded Ray (default: all)")
     parser.add_argument("--force", action="store_true", help="delete an existing output folder first")
+    parser.add_argument("--on-change", choices=("recompute", "refuse"), default="recompute",
+                        help="when OUTPUT holds unfinished work made under another recipe: redo the work from the "
+                             "first changed stage, keeping what still holds (the download, unless its own "
+                             "parameters changed) (default), or stop with an error naming that stage")
     parser.add_argument("--inline", action="store_true", help="run stages in this process (debugging, small data)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
 def run(args: argparse.Namespace) -> int:
     recipe, stages = load_recipe(args.recipe)
-    options = RunOptions(address=args.address, inline=args.inline, force=args.force,
+    options = RunOptions(address=args.address, inline=args.inline, force=args.force, on_change=args.on_change,
                          progress=not args.no_progress, num_cpus=args.num_cpus)
     if args.sample is not None:
         manifest = run_preview(recipe, stages, args.input, args.output, args.sample, options,
@@ -52,5 +56,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     manifest = run_pipeline(recipe, stages, args.input, args.output, options, recipe_source=args.recipe)
     print(format_funnel(manifest))
+    print(format_resume(manifest.get("resume") or {}))
     print(f"shards: {os.path.join(args.output, 'shards')}  manifest: {os.path.join(args.output, 'manifest.json')}")
     return 0

@@ -24,6 +24,7 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
+import json
 import logging
 import os
 import posixpath
@@ -33,15 +34,20 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 
+from pipelines import fingerprint as fp
 from pipelines.errors import UserError
+from pipelines.lock import LOCK_FILE, RunLock
 from pipelines.manifest import build_manifest, project_full_run, write_json_atomic
-from pipelines.readers import input_files, read_input_table, split_input
+from pipelines.readers import input_files, input_fingerprint, read_input_table, split_input
 from pipelines.recipe import Recipe
 from pipelines.stage import REJECT, GlobalStage, Resources, Stage, make_uid, set_column, unit_hash
 from pipelines.storage import Storage
 
 WORK = "_work"
+RUN_FILE = "run.json"  # the fingerprint of the run the unfinished work belongs to
+PHASE1_FILE = "_fingerprint.json"  # the phase-1 stages the blocks were made by
 PREVIEW = "preview"  # the folder under --output that a --sample run writes
 COST_WALL = "_cost_wall."
 COST_CPU = "_cost_cpu."
@@ -59,6 +65,7 @@ class RunOptions:
     address: str | None = None
     inline: bool = False
     force: bool = False
+    on_change: str = "recompute"  # unfinished work made under another recipe: "recompute" or "refuse"
     progress: bool = True
     num_cpus: int | None = None
 
@@ -69,33 +76,49 @@ def run_pipeline(recipe: Recipe, stages: list[Stage], input_spec, output: str | 
 
     ``output`` is a local folder, a URI of any pyarrow filesystem (``s3://bucket/run``)
     or a ``Storage``; on a cluster it must be a location every node can write (object
-    storage, or a shared mount)."""
+    storage, or a shared mount). One run at a time per output (``RunLock``)."""
     options = options or RunOptions()
+    out = output if isinstance(output, Storage) else Storage.at(output)
+    with RunLock(out):
+        return _run_locked(recipe, stages, input_spec, out, options, recipe_source)
+
+
+def _run_locked(recipe: Recipe, stages: list[Stage], input_spec, out: Storage, options: RunOptions,
+                recipe_source: str | None) -> dict:
     started = time.time()
     phases: dict[str, float] = {}
-    out = output if isinstance(output, Storage) else Storage.at(output)
     if options.force:
-        out.rmtree(out.root)
+        _clear(out)
+    fingerprint = run_fingerprint(recipe, stages, input_spec)
     if out.exists(out.path("manifest.json")):
-        raise UserError(f"{out.uri()}: already holds a finished run (manifest.json); use --force or a new --output")
+        return _finished(out, fingerprint)
     work = out.child(WORK)
     work.makedirs(work.root)
+    resume = _check_recipe(work, fingerprint, options.on_change)
     with _timed(phases, "split"):
         index = split_input(input_spec, recipe.input, work)
+    write_json_atomic(work, work.path(RUN_FILE), fingerprint)
 
     first_global = next((i for i, s in enumerate(stages) if s.is_global), len(stages))
-    phase1_stages, phase2_stages = stages[:first_global], stages[first_global:]
+    # phase 1 runs through the last checkpoint stage (the download) and keeps its output for
+    # reruns; every later stage runs in phase 2 on each (re)run, so a changed filter needs no fetch
+    checkpoint = max((i + 1 for i, s in enumerate(stages[:first_global]) if s.checkpoint), default=0)
+    phase1_stages, phase2_stages = stages[:checkpoint], stages[checkpoint:]
     with _timed(phases, "start"):
         executor = InlineExecutor(out) if options.inline else RayExecutor(out, options)
         planned = {stage.label: executor.resources(stage) for stage in stages}  # before fit changes them
 
     phase1_dir = work.path("phase1")
-    work.makedirs(phase1_dir)
     with _timed(phases, "phase1"):
-        pending, exclude = _pending_partitions(index, work, phase1_dir)
-        if pending:
-            executor.run_phase1(pending, exclude, phase1_stages, phase1_dir)
-        phase1_files = _check_phase1(index, work, phase1_dir)
+        if phase1_stages:
+            resume |= _check_phase1_fingerprint(work, phase1_dir, fingerprint["stages"][:checkpoint])
+            pending, exclude = _pending_partitions(index, work, phase1_dir)
+            resume["phase1_rows_reused"] = index["rows"] - _rows_in(work, pending) + len(exclude)
+            if pending:
+                executor.run_phase1(pending, exclude, phase1_stages, phase1_dir)
+            phase1_files = _check_phase1(index, work, phase1_dir)
+        else:  # nothing to keep: phase 2 reads the input partitions
+            phase1_files = [part["path"] for part in index["partitions"]]
 
     staging = work.path("final")
     work.rmtree(staging)
@@ -114,6 +137,8 @@ def run_pipeline(recipe: Recipe, stages: list[Stage], input_spec, output: str | 
         costs=_stage_costs(stages, seconds, phase2.fit, planned, executor.capacity),
         timing={"phases_s": phases, **executor.capacity},
     )
+    manifest["fingerprint"] = fingerprint
+    manifest["resume"] = resume
     write_json_atomic(out, out.path("manifest.json"), manifest)
     work.rmtree(staging)
     return manifest
@@ -176,6 +201,78 @@ def _sample_input(input_spec, recipe: Recipe, rows: int) -> _Sample:
 
 
 # ------------------------------------------------------------------ run bookkeeping: resume, phases, costs
+
+
+def run_fingerprint(recipe: Recipe, stages: list[Stage], input_spec) -> dict:
+    """What this run's output is a function of: the input files and how they are read,
+    the recipe seed, and each stage up to itself (``pipelines/fingerprint.py``)."""
+    source = input_fingerprint(input_spec, recipe.input)
+    return {"input": fp.digest(source), "seed": recipe.seed, "stages": fp.chain(source, stages)}
+
+
+def _clear(out: Storage) -> None:
+    """``--force``: delete everything in the output but the lock this run holds."""
+    for info in out.fs.get_file_info(pafs.FileSelector(out.root, allow_not_found=True)):
+        if info.base_name == LOCK_FILE:
+            continue
+        if info.type == pafs.FileType.Directory:
+            out.fs.delete_dir(info.path)
+        else:
+            out.fs.delete_file(info.path)
+
+
+def _finished(out: Storage, fingerprint: dict) -> dict:
+    """A finished output: the same input and recipe is nothing to do; anything else is
+    refused (a finished run is a published result: only --force replaces it)."""
+    manifest = json.loads(out.read_bytes(out.path("manifest.json")))
+    recorded = manifest.get("fingerprint")
+    if recorded == fingerprint:
+        return manifest | {"resume": {"finished": True}}
+    if recorded is None or recorded["input"] != fingerprint["input"]:
+        why = "over another input" if recorded else "by an older version"
+    else:
+        changed = fp.first_change(recorded["stages"], fingerprint["stages"])
+        why = f"by another recipe (stage {changed!r} changed)" if changed else "with another seed"
+    raise UserError(f"{out.uri()}: already holds a finished run made {why}; use --force or a new --output")
+
+
+def _check_recipe(work: Storage, fingerprint: dict, on_change: str) -> dict:
+    """Compare with the recipe the unfinished work was made under (``_work/run.json``,
+    written once the input is split). ``refuse`` stops on any change; ``recompute``
+    (default) goes on and redoes the work from the first changed stage. The input is
+    checked by ``split_input``."""
+    path = work.path(RUN_FILE)
+    resume: dict = {}
+    if work.exists(path):
+        recorded = json.loads(work.read_bytes(path))
+        changed = fp.first_change(recorded["stages"], fingerprint["stages"]) \
+            if recorded["input"] == fingerprint["input"] else None
+        if changed is None and recorded.get("seed") != fingerprint["seed"]:
+            changed = "seed"
+        if changed is not None:
+            if on_change == "refuse":
+                raise UserError(f"{work.uri()}: unfinished work made under another recipe (first change: "
+                                f"{changed!r}); rerun with --on-change recompute to redo from there, "
+                                f"--force to start over, or use a new --output")
+            resume["recomputed_from"] = changed
+    return resume
+
+
+def _check_phase1_fingerprint(work: Storage, phase1_dir: str, chain: list[dict]) -> dict:
+    """Phase-1 blocks made by other phase-1 stages (the download's parameters changed)
+    are dropped: they are not this recipe's work."""
+    path = posixpath.join(phase1_dir, PHASE1_FILE)
+    if work.exists(path) and json.loads(work.read_bytes(path)) == chain:
+        return {}
+    stale = work.list_files(phase1_dir, ".parquet")
+    work.rmtree(phase1_dir)
+    work.makedirs(phase1_dir)
+    write_json_atomic(work, path, chain)
+    return {"phase1_dropped_blocks": len(stale)} if stale else {}
+
+
+def _rows_in(work: Storage, paths: list[str]) -> int:
+    return sum(work.parquet_rows(p) for p in paths)
 
 
 def _pending_partitions(index: dict, work: Storage, phase1_dir: str) -> tuple[list[str], list[str]]:

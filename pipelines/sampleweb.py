@@ -110,6 +110,7 @@ class Sample:
     kind: str
     label: str | None
     body: bytes | None  # None: 404
+    origin: str | None = None  # a re-upload: the path of the picture it copies
 
 
 def generate_samples(n: int, seed: int = 0) -> list[Sample]:
@@ -126,7 +127,8 @@ def generate_samples(n: int, seed: int = 0) -> list[Sample]:
         path, label = f"/img/{i:06d}.jpg", str(shape)
         if kind == "duplicate" and originals:
             source = originals[int(rng.integers(len(originals)))]
-            samples.append(Sample(path, f"{source.caption}, re-uploaded", kind, source.label, source.body))
+            samples.append(Sample(path, f"{source.caption}, re-uploaded", kind, source.label, source.body,
+                                  source.path))
             continue
         if kind == "duplicate":
             kind = "ok"
@@ -260,6 +262,7 @@ class SampleWeb:
             "caption": [s.caption for s in self.samples],
             "sample_kind": [s.kind for s in self.samples],
             "label": [s.label for s in self.samples],
+            "picture": [s.origin or s.path for s in self.samples],  # a re-upload and its original share one
         })
 
     def write_pool(self, path: str) -> str:

@@ -59,6 +59,11 @@ class Stage:
     ``Config`` (a StageConfig subclass), ``reads`` (columns needed) and ``adds``
     (columns added, with types). ``__call__`` must return every input row, in order,
     with the added columns present (null for rows it skipped).
+
+    ``checkpoint``: the runner keeps this stage's output for reruns (the download: a
+    rerun after a recipe change never fetches a URL again). ``speed_params``: parameters
+    that change how fast the stage runs, not what it outputs; left out of its
+    fingerprint (pipelines/fingerprint.py), so tuning them keeps finished work.
     """
 
     name: ClassVar[str]
@@ -66,6 +71,8 @@ class Stage:
     reads: ClassVar[tuple[str, ...]] = ()
     adds: ClassVar[dict[str, pa.DataType]] = {}
     is_global: ClassVar[bool] = False
+    checkpoint: ClassVar[bool] = False
+    speed_params: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: StageConfig | None = None, **params):
         if config is None:

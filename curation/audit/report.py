@@ -21,6 +21,7 @@ from pathlib import Path
 from curation.audit.plots import make_plots
 from curation.audit.stats import compare_runs, compute_stats, open_run
 from curation.audit.thumbnails import Card, sample_cards
+from pipelines.manifest import format_resume
 
 ASSETS = "assets"
 
@@ -168,9 +169,20 @@ def _overview(run: RunView, report: Path) -> str:
         ["seed", _e(str(m.get("seed")))], ["created", _e(str(m.get("created")))],
         ["wall time", _e(f"{m.get('wall_s', 0):.1f} s" if isinstance(m.get("wall_s"), (int, float)) else "")],
         ["versions", _e(", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items()))],
+        ["fingerprint", _e(_fingerprint(m.get("fingerprint")))],
+        ["resume", _e(format_resume(m["resume"]) if m.get("resume") is not None else "")],
         ["columns (kept)", _e(", ".join(s["columns"]["kept"]))],
     ], header=False)
     return f'<div class="tiles">{tiles}</div><h4>Checks: manifest vs files</h4><ul class="checks">{checks}</ul>{facts}'
+
+
+def _fingerprint(fingerprint: dict | None) -> str:
+    """What the run is a function of (pipelines/fingerprint.py): the input's digest and each
+    stage's cumulative one; a rerun reuses work only where these agree."""
+    if not fingerprint:
+        return "not recorded (a run made before fingerprints)"
+    stages = ", ".join(f"{s['stage']} {s['fingerprint']}" for s in fingerprint.get("stages", []))
+    return f"input {fingerprint.get('input')}; seed {fingerprint.get('seed')}; stages: {stages}"
 
 
 def _warnings(run: RunView, report: Path) -> str:

@@ -8,6 +8,7 @@ in-memory filesystem, inline. What is not: a real S3/GCS bucket (no network here
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 
@@ -86,5 +87,10 @@ def test_object_store_code_path_inline(pool, tmp_path):
     everything = store.fs.get_file_info(pafs.FileSelector("/bucket/run", recursive=True))
     assert not [i.path for i in everything if ".tmp" in i.path]
 
-    with pytest.raises(UserError, match="already holds a finished run"):
-        run_pipeline(*parse_recipe(RECIPE), pool, store, RunOptions(inline=True, progress=False))
+    again = run_pipeline(*parse_recipe(RECIPE), pool, store, RunOptions(inline=True, progress=False))
+    assert again["resume"] == {"finished": True}  # the same input and recipe: nothing to do
+    assert not store.exists(store.path("_lock.json"))  # the lock works on the store and is released
+    changed = copy.deepcopy(RECIPE)
+    changed["seed"] = 7
+    with pytest.raises(UserError, match="already holds a finished run made with another seed"):
+        run_pipeline(*parse_recipe(changed), pool, store, RunOptions(inline=True, progress=False))

@@ -35,6 +35,9 @@ def test_audit_of_a_real_run(ray_local, sample_web, tmp_path):
     assert all(c["ok"] for c in stats["checks"]), [c for c in stats["checks"] if not c["ok"]]
     assert stats["totals"] == {**stats["totals"], **{k: manifest["totals"][k] for k in ("input", "kept", "rejected")}}
     assert [s["name"] for s in stats["stages"]] == [s["name"] for s in manifest["stages"]]
+    page = (out / "report" / "index.html").read_text()
+    assert f"input {manifest['fingerprint']['input']}" in page  # what the run is a function of
+    assert manifest["fingerprint"]["stages"][-1]["fingerprint"] in page and "resume: fresh run" in page
 
     rejects = pq.read_table(out / "rejects", columns=["reject"]).column("reject").to_pylist()
     assert stats["reasons"] == dict(Counter(r.split("=", 1)[0] for r in rejects))

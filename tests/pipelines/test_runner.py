@@ -85,8 +85,8 @@ def test_inline_and_ray_runs_agree(ray_local, sample_web, tmp_path):
 
 
 def test_sigkill_in_phase_one_then_rerun_resumes(tmp_path):
-    """Kill the driver mid-download; the rerun finishes, equals an uninterrupted run,
-    and does not fetch again what phase 1 had already written."""
+    """Kill the driver mid-download; the rerun takes the dead run's lock, finishes, equals
+    an uninterrupted run, and does not fetch again what phase 1 had already written."""
     recipe = tmp_path / "recipe.json"
     recipe.write_text(json.dumps(RECIPE))  # JSON is YAML
     with SampleWeb(n=160, seed=3, delay=0.05) as web:
@@ -105,12 +105,15 @@ def test_sigkill_in_phase_one_then_rerun_resumes(tmp_path):
         done_files = list(phase1.glob("block-*.parquet"))
         assert done_files, "phase 1 wrote nothing before the kill"
         assert not (out / "manifest.json").exists()
+        assert json.loads((out / "_lock.json").read_text())["pid"] == proc.pid  # left by the killed run
         done_urls = set()
         for path in done_files:
             done_urls.update(pq.read_table(path, columns=["url"]).column("url").to_pylist())
         before = dict(web.requests)
 
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=400)
+        assert not (out / "_lock.json").exists()  # the stale lock was taken over, then released
+        assert json.loads((out / "manifest.json").read_text())["resume"]["phase1_rows_reused"] > 0
         refetched = [u for u in done_urls if web.requests[u[len(web.base_url):]] > before.get(u[len(web.base_url):], 0)]
         assert refetched == []
 
