@@ -12,8 +12,10 @@ over ``--seeds`` and is evaluated zero-shot on a balanced held-out set.
     .venv/bin/python bench/curation.py [--rows 6000] [--pools fashion photos] [--steps 150]
 
 Last line: one JSON object with ``gain_vs_raw`` (points of top-1, recommended minus raw,
-mean over seeds and pools), ``seed_spread``, ``clean_kept``, ``noise_removed``,
-``mismatch_removed`` and the per-pool figures.
+mean over seeds and pools), ``seed_spread``, ``clean_kept`` (clean pictures kept through any
+copy: dedup keeps one copy of a re-uploaded picture, whichever; ``clean_rows_kept`` is the
+strict per-row share), ``noise_removed``, ``mismatch_removed`` (each the worst pool's) and
+the per-pool figures.
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ def main(argv=None) -> int:
         "gain_vs_raw": _mean(p["gain_vs_raw"] for p in per_pool.values()),
         "seed_spread": max(p["seed_spread"] for p in per_pool.values()),
         "clean_kept": min(p["clean_kept"] for p in per_pool.values()),
+        "clean_rows_kept": min(p["clean_rows_kept"] for p in per_pool.values()),
         "noise_removed": min(p["noise_removed"] for p in per_pool.values()),
         "mismatch_removed": min(p["mismatch_removed"] for p in per_pool.values()),
         "beats_raw_by_more_than_spread": all(p["gain_vs_raw"] > 100 * p["seed_spread"] for p in per_pool.values()),
@@ -137,7 +140,8 @@ def bench_pool(name: str, args, work: Path) -> dict:
         "seed_spread": max(base["seed_spread"], raw["seed_spread"]),
         "top1": {k: variants[k]["zeroshot_top1"] for k in variants},
         "clean_kept": base["truth"]["clean_kept"], "noise_removed": base["truth"]["noise_removed"],
-        "mismatch_removed": base["truth"]["mismatch_removed"],
+        "mismatch_removed": base["truth"]["mismatch_removed"], "clean_rows_kept": base["truth"]["clean_rows_kept"],
+        "meets_90_90": base["truth"]["clean_kept"] >= 0.9 and base["truth"]["mismatch_removed"] >= 0.9,
         "oracle_gap": round(100 * (oracle["zeroshot_top1"] - base["zeroshot_top1"]), 2),
         "filter_model": heldout, "warnings": base["warnings"], "wall_s": report["wall_s"],
         "shipped_recipes": shipped,

@@ -23,7 +23,6 @@ rerun. Training results are cached the same way: interrupt and rerun resumes.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
 import shutil
@@ -38,7 +37,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipelines.errors import RecipeError, UserError
-from pipelines.readers import input_files
+from pipelines import fingerprint as fp
+from pipelines.readers import files_fingerprint
 from pipelines.recipe import Recipe, expand_env, parse_recipe
 from pipelines.runner import RunOptions, run_pipeline
 
@@ -68,6 +68,10 @@ class TruthSpec(BaseModel):
     column: str = "sample_kind"
     clean: str = Field("ok", description="the value that marks a clean pair")
     mismatch: str = Field("mismatch", description="the value that marks a caption describing another picture")
+    duplicate: str = Field("duplicate", description="the value that marks a re-upload of a clean pair's picture")
+    picture: str | None = Field(
+        "picture", description="optional column naming the picture a row shows (a re-upload shares its "
+        "original's): dedup keeps one copy of each picture, and which copy is not a loss")
 
 
 class Variant(BaseModel):
@@ -162,7 +166,7 @@ def run_ablation(experiment: Experiment, output: str | Path, options: RunOptions
     started = time.time()
     variants = plan_variants(experiment)
     cache = Segments(out / "cache", options, log)
-    pool_key = _digest([_input_fingerprint(experiment.pool)])
+    pool_key = fp.digest(files_fingerprint(experiment.pool))
     results = {}
     for variant in variants:
         t0 = time.time()
@@ -203,10 +207,10 @@ def download_pool(experiment: Experiment, output: str | Path, options: RunOption
     if not base.recipe["stages"] or _name(base.recipe["stages"][0]) != "download":
         raise UserError("the base recipe does not start with a download stage")
     cache = Segments(Path(output) / "cache", options or RunOptions(progress=False), log)
-    pool_key = _digest([_input_fingerprint(experiment.pool)])
+    pool_key = fp.digest(files_fingerprint(experiment.pool))
     _curate(Planned(base.name, {**base.recipe, "stages": base.recipe["stages"][:1]}, base.stages[:1]),
             experiment.pool, pool_key, cache, [])
-    return cache.root / _digest([pool_key, base.recipe["stages"][0]])
+    return cache.root / _segment_key(pool_key, base.recipe["stages"][0])
 
 
 # ------------------------------------------------------------------ segments
@@ -247,7 +251,7 @@ def _curate(variant: Planned, pool, pool_key: str, cache: Segments, everyone: li
 
     def segment(entry: dict, label: str) -> None:
         nonlocal source, key, folder
-        key = _digest([key, entry])  # everything up to here: equal keys are equal work
+        key = _segment_key(key, entry)  # everything up to here: equal keys are equal work
         folder = cache.run(key, entry, source, settings, label)
         variant.segments.append({"key": key, "stage": label})
         source = str(folder / "shards")
@@ -318,16 +322,33 @@ def _funnel_of(name: str, variants: list[Planned], cache: Segments) -> dict:
 
 def _truth_figures(final: Path, results: dict, truth: TruthSpec) -> dict:
     """Clean pairs kept, mismatched captions and all noise removed, against the pool's
-    downloaded rows (the raw variant) or, without it, the kept rows alone."""
-    kept = _kinds(final / "shards", truth.column)
+    downloaded rows (the raw variant) or, without it, the kept rows alone.
+
+    With a ``picture`` column, a clean picture counts as kept when any clean or
+    re-uploaded copy of it is (dedup must drop all copies but one, and which one is
+    arbitrary), and every copy beyond the first counts as a kept duplicate; the strict
+    per-row share is ``clean_rows_kept``."""
     raw = results.get(RAW)
-    pool = _kinds(Path(raw["final"]) / "shards", truth.column) if raw else kept
+    kept_rows = _truth_rows(final / "shards", truth)
+    pool_rows = _truth_rows(Path(raw["final"]) / "shards", truth) if raw else kept_rows
+    kept, pool = _count(kept_rows, truth.column), _count(pool_rows, truth.column)
     clean_pool = pool.get(truth.clean, 0)
     noise_pool = sum(n for k, n in pool.items() if k != truth.clean)
     noise_kept = sum(n for k, n in kept.items() if k != truth.clean)
-    return {
-        "kept_by_kind": kept,
-        "clean_kept": round(kept.get(truth.clean, 0) / clean_pool, 4) if clean_pool else None,
+    figures = {"kept_by_kind": kept,
+               "clean_kept": round(kept.get(truth.clean, 0) / clean_pool, 4) if clean_pool else None,
+               "clean_rows_kept": round(kept.get(truth.clean, 0) / clean_pool, 4) if clean_pool else None}
+    if truth.picture in kept_rows and truth.picture in pool_rows and clean_pool:
+        copies = (truth.clean, truth.duplicate)
+        present: dict = {}  # picture -> kept clean or re-uploaded copies
+        for kind, picture in zip(kept_rows[truth.column], kept_rows[truth.picture]):
+            if kind in copies:
+                present[picture] = present.get(picture, 0) + 1
+        clean_pictures = [p for k, p in zip(pool_rows[truth.column], pool_rows[truth.picture]) if k == truth.clean]
+        figures["clean_kept"] = round(sum(p in present for p in clean_pictures) / clean_pool, 4)
+        # kept noise: copies of a picture beyond the first, instead of every kept re-upload
+        noise_kept += sum(n - 1 for n in present.values()) - kept.get(truth.duplicate, 0)
+    return figures | {
         "mismatch_removed": round(1 - kept.get(truth.mismatch, 0) / pool[truth.mismatch], 4)
         if pool.get(truth.mismatch) else None,
         "noise_removed": round(1 - noise_kept / noise_pool, 4) if noise_pool else None,
@@ -427,26 +448,34 @@ def _apply(base: list[dict], variant: Variant, name: str) -> list[dict]:
     return entries
 
 
-def _digest(parts: list) -> str:
-    return hashlib.blake2b(json.dumps(parts, sort_keys=True, default=str).encode(), digest_size=10).hexdigest()
-
-
-def _input_fingerprint(spec) -> list:
-    """Path, size and modification time of each input file."""
-    return [[f, os.path.getsize(f), int(os.path.getmtime(f))] if os.path.exists(f) else [f]
-            for f in input_files(spec)]
+def _segment_key(parent: str, entry: dict) -> str:
+    """The work up to ``parent`` plus this stage entry, model and metadata files by content
+    (a filter model retrained into the same folder is another segment)."""
+    return fp.digest([parent, fp.entry_fingerprint(_name(entry), _params(entry) or {})])
 
 
 def _rows(shards: Path) -> int:
     return sum(pq.ParquetFile(p).metadata.num_rows for p in sorted(Path(shards).glob("*.parquet")))
 
 
-def _kinds(shards: Path, column: str) -> dict[str, int]:
+def _truth_rows(shards: Path, truth: TruthSpec) -> dict[str, list]:
+    """The truth columns of every row of a shards dir (``picture`` only where present)."""
+    rows: dict[str, list] = {truth.column: []}
+    files = sorted(Path(shards).glob("*.parquet"))
+    has_picture = truth.picture is not None and all(truth.picture in pq.read_schema(f).names for f in files)
+    if has_picture:
+        rows[truth.picture] = []
+    for path in files:
+        table = pq.read_table(path, columns=list(rows))
+        for name in rows:
+            rows[name].extend(table.column(name).to_pylist())
+    return rows
+
+
+def _count(rows: dict[str, list], column: str) -> dict[str, int]:
     counts: dict[str, int] = {}
-    for path in sorted(Path(shards).glob("*.parquet")):
-        table = pq.read_table(path, columns=[column])
-        for row in table.column(column).value_counts().to_pylist():
-            counts[str(row["values"])] = counts.get(str(row["values"]), 0) + row["counts"]
+    for value in rows[column]:
+        counts[str(value)] = counts.get(str(value), 0) + 1
     return counts
 
 

@@ -350,5 +350,5 @@ def _reupload(path: str, original: tuple, src: Source, rng) -> Sample:
         side = max(64, int(served.size[0] * rng.uniform(0.6, 0.9)))
         body = encode_jpeg(served.resize((side, side), Image.BICUBIC), quality=90)
     caption = sample.caption if rng.random() < 0.5 else src.caption(concept, words, rng)
-    return Sample(path, caption, "duplicate", sample.label, body)
+    return Sample(path, caption, "duplicate", sample.label, body, sample.path)
 

@@ -38,7 +38,7 @@ from train.evaluate import score_pairs
 from train.trainer import torch_threads
 
 # The measured recipe (bench/filter_model.py), the defaults of train_filter_model and the CLI.
-DEFAULTS = {"model": "lit-resnet-tiny", "steps": 300, "self_train_steps": 400, "self_train_top": 0.5,
+DEFAULTS = {"model": "lit-resnet-tiny", "steps": 300, "self_train_steps": 800, "self_train_top": 0.5,
             "batch_size": 64, "lr": 1e-3, "pool_rows": 20_000}
 ROUND_ONE = "trusted-only"  # the first model, inside OUTPUT, when self-training
 SELECTED = "self-train"  # the pool rows added for the second round: SELECTED/shards/*.parquet

@@ -103,3 +103,29 @@ def test_variant_errors_name_the_variant(tiny_pool):
         experiment = _experiment(folder, web, {"bad": {"set": {"clip_score.keep_top": 2.0}}})
     with pytest.raises(UserError, match="variant bad.*keep_top"):
         plan_variants(experiment)
+
+
+def test_truth_counts_a_picture_kept_through_any_copy(tmp_path):
+    """Dedup keeps one copy of a picture, whichever: keeping the re-upload instead of the
+    original loses no clean picture, and a second kept copy is kept noise."""
+    import pyarrow as pa
+
+    from curation.ablate import TruthSpec, _truth_figures
+
+    def shards(name, rows):
+        (tmp_path / name / "shards").mkdir(parents=True)
+        kinds, pictures = zip(*rows)
+        pq.write_table(pa.table({"sample_kind": list(kinds), "picture": list(pictures)}),
+                       tmp_path / name / "shards" / "part-00000.parquet")
+        return tmp_path / name
+
+    pool = [("ok", "a"), ("duplicate", "a"), ("ok", "b"), ("duplicate", "b"), ("ok", "c"), ("mismatch", "m")]
+    raw = shards("raw", pool)
+    # a: only its re-upload kept; b: both copies kept; c: lost; the mismatch removed
+    final = shards("final", [("duplicate", "a"), ("ok", "b"), ("duplicate", "b")])
+    figures = _truth_figures(final, {"raw": {"final": str(raw)}}, TruthSpec())
+    assert figures["clean_kept"] == round(2 / 3, 4) and figures["clean_rows_kept"] == round(1 / 3, 4)
+    assert figures["mismatch_removed"] == 1.0
+    assert figures["noise_removed"] == round(1 - 1 / 3, 4)  # noise: 2 re-uploads + 1 mismatch; 1 extra copy kept
+    strict = _truth_figures(final, {"raw": {"final": str(raw)}}, TruthSpec(picture=None))
+    assert strict["clean_kept"] == strict["clean_rows_kept"] == round(1 / 3, 4)
