@@ -5,10 +5,16 @@ Curator's fuzzy workflow: signatures -> LSH buckets -> connected components):
 
 1. ``link_buckets``: rows that share a bucket key meet in one hash shard (Ray Data
    ``groupby`` on the shard id, ``map_groups`` once per shard); the shard finds its
-   buckets with one sort, compares each distinct value pair once with a kind-specific
-   check, and emits a spanning star (member -> root) of its local components, so a
-   bucket of k copies costs k rows, not k² pairs.
-2. ``resolve``: union-find (scipy connected components) over all links on the driver.
+   buckets with one sort and verifies each distinct value against a bounded set of the
+   bucket's members (``value_pairs``: its first ``REPRESENTATIVES`` in a per-bucket
+   pseudo-random order, and its predecessor), so a bucket of k distinct near-identical
+   values costs at most (REPRESENTATIVES + 1)·k checks, not k²/2; the union over the
+   LSH bands (each band orders its buckets differently) restores what one bucket's
+   star misses. It emits a spanning star (member -> root) of its local components.
+2. ``resolve``: union-find (scipy connected components) on the driver, folding the
+   shards' stars as they arrive into one star link per grouped row, so the driver holds
+   O(rows in a group), never O(links) or O(comparisons) (docs/dedup.md says why not a
+   distributed method).
 3. The keep rule picks one survivor per group, deterministically: highest
    ``clip_score`` when that column exists (nulls last), then smallest uid. Every other
    member becomes ``duplicate_of=<survivor uid>``.
@@ -32,10 +38,15 @@ from pipelines.stage import GlobalStage, Stage, ensure_columns, kept_mask, rejec
 SCORE = "clip_score"
 
 LINK_SCHEMA = pa.schema([("uid", pa.string()), ("score", pa.float64()), ("root", pa.string())])
+# a shard's output: its star links, plus one row with a null uid that carries its comparison count
+SHARD_SCHEMA = LINK_SCHEMA.append(pa.field("comparisons", pa.int64()))
+BUCKET_CODE = "_bucket_code"  # uint64 of a row's bucket key, added before the shuffle
+REPRESENTATIVES = 4  # bucket members every member is verified against (plus its predecessor)
 DUPLICATES_SCHEMA = pa.schema([("uid", pa.string()), ("duplicate_of", pa.string())])
 
-# pairs_fn(shard sorted by keys then uid, run starts, run sizes) -> (i, j) verified row pairs
-PairsFn = Callable[[pa.Table, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+# pairs_fn(shard sorted by keys then uid, run starts, run sizes) -> (i, j, comparisons): verified row
+# pairs and how many candidate pairs were checked to find them
+PairsFn = Callable[[pa.Table, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, int]]
 
 
 def rank_columns(names) -> list[str]:
@@ -56,15 +67,17 @@ def keep_order(uids: np.ndarray, scores: np.ndarray) -> np.ndarray:
     return np.lexsort((uids, -scores))
 
 
-def link_buckets(ds, keys: list[str], pairs_fn: PairsFn, shards: int | None = None):
-    """Group rows that share the bucket ``keys`` across the cluster; return star links
-    (a pa.Table with LINK_SCHEMA) collected on the driver.
+def link_buckets(ds, keys: list[str], pairs_fn: PairsFn, shards: int | None = None) -> tuple[pa.Table, int]:
+    """Group rows that share the bucket ``keys`` across the cluster; return the duplicates
+    (DUPLICATES_SCHEMA, after union-find and the keep rule) and how many candidate pairs
+    were verified.
 
     Buckets are spread over ``shards`` hash shards (Ray Data groupby on the shard id), and
     each shard finds its buckets with one vectorised sort, so the per-group call overhead
     is paid per shard, not per bucket. ``pairs_fn(shard, starts, sizes)`` receives the
     shard sorted by (keys, uid) and the runs of equal keys with two rows or more, and
-    returns verified pairs of row indices. Results do not depend on ``shards``."""
+    returns verified pairs of row indices and its comparison count. Results do not
+    depend on ``shards``: a bucket's representatives depend only on its members."""
     import ray
 
     if shards is None:
@@ -75,6 +88,7 @@ def link_buckets(ds, keys: list[str], pairs_fn: PairsFn, shards: int | None = No
         with np.errstate(over="ignore"):
             for key in keys:
                 code = (code ^ _key_code(table.column(key))) * np.uint64(0x9E3779B97F4A7C15)
+        table = table.append_column(BUCKET_CODE, pa.array(code))
         return table.append_column("_shard", pa.array((code >> np.uint64(33)) % np.uint64(shards)))
 
     def per_shard(shard: pa.Table) -> pa.Table:
@@ -88,17 +102,90 @@ def link_buckets(ds, keys: list[str], pairs_fn: PairsFn, shards: int | None = No
         sizes = np.diff(np.append(starts, shard.num_rows))
         multi = sizes > 1
         if not multi.any():
-            return LINK_SCHEMA.empty_table()
-        i, j = pairs_fn(shard, starts[multi], sizes[multi])
-        return _star_links(shard, np.asarray(i, np.int64), np.asarray(j, np.int64))
+            return SHARD_SCHEMA.empty_table()
+        i, j, compared = pairs_fn(shard, starts[multi], sizes[multi])
+        links = _star_links(shard, np.asarray(i, np.int64), np.asarray(j, np.int64))
+        links = links.append_column("comparisons", pa.array(np.zeros(links.num_rows, np.int64)))
+        count = pa.table({"uid": [None], "score": [None], "root": [None], "comparisons": [int(compared)]}, schema=SHARD_SCHEMA)
+        return pa.concat_tables([links, count])
 
     sharded = ds.map_batches(add_shard, batch_format="pyarrow")
+    star = StarForest()
     with sort_shuffle(sharded):
         grouped = sharded.groupby("_shard", num_partitions=min(shards, 200))
-        tables = collect(grouped.map_groups(per_shard, batch_format="pyarrow"))
-    if not tables:
-        return LINK_SCHEMA.empty_table()
-    return pa.concat_tables([t.select(LINK_SCHEMA.names).cast(LINK_SCHEMA) for t in tables])
+        refs = grouped.map_groups(per_shard, batch_format="pyarrow").to_arrow_refs()
+    for ref in refs:  # one shard's output on the driver at a time
+        table = ray.get(ref)
+        if table.num_rows:
+            star.add(table.cast(SHARD_SCHEMA))
+        del table
+    return star.duplicates(), star.comparisons
+
+
+class StarForest:
+    """Union-find on the driver that holds one star link (row -> smallest uid of its
+    group) per grouped row: each shard's links are folded in as they arrive, so memory
+    grows with the rows that have a duplicate, not with links, bands or comparisons.
+    uids are kept as fixed-width bytes (uid length + score + root per row)."""
+
+    def __init__(self, fold_rows: int = 1 << 18):
+        self.uid = np.array([], dtype="S1")
+        self.score = np.array([], dtype=np.float64)
+        self.root = np.array([], dtype="S1")
+        self.comparisons = 0
+        self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._pending_rows = 0
+        self._fold_rows = fold_rows
+
+    def add(self, table: pa.Table) -> None:
+        """Take a shard's output (SHARD_SCHEMA): its count rows and its links."""
+        self.comparisons += int(pc.sum(table.column("comparisons")).as_py() or 0)
+        links = table.filter(table.column("uid").is_valid())
+        if links.num_rows == 0:
+            return
+        score = links.column("score").to_numpy().astype(np.float64)
+        self._pending.append((_as_bytes(links.column("uid")), score, _as_bytes(links.column("root"))))
+        self._pending_rows += links.num_rows
+        if self._pending_rows >= max(len(self.uid), self._fold_rows):
+            self._fold()
+
+    def duplicates(self) -> pa.Table:
+        """The keep rule over the groups: (uid, duplicate_of) sorted by uid."""
+        self._fold()
+        if len(self.uid) == 0:
+            return DUPLICATES_SCHEMA.empty_table()
+        _, component = np.unique(self.root, return_inverse=True)
+        order = np.lexsort((self.uid, -self.score, component))
+        first = np.ones(len(order), dtype=bool)
+        first[1:] = component[order][1:] != component[order][:-1]
+        survivor_of_component = np.empty(component.max() + 1, dtype=self.uid.dtype)
+        survivor_of_component[component[order][first]] = self.uid[order][first]
+        survivor = survivor_of_component[component]
+        dup = survivor != self.uid
+        return pa.table({"uid": pa.array(self.uid[dup]).cast(pa.string()),
+                         "duplicate_of": pa.array(survivor[dup]).cast(pa.string())}, schema=DUPLICATES_SCHEMA)
+
+    def _fold(self) -> None:
+        """Connected components over the current star and the pending links; the new star."""
+        from scipy.sparse import coo_matrix
+        from scipy.sparse.csgraph import connected_components
+
+        if not self._pending:
+            return
+        uid = np.concatenate([self.uid] + [p[0] for p in self._pending])
+        score = np.concatenate([self.score] + [p[1] for p in self._pending])
+        root = np.concatenate([self.root] + [p[2] for p in self._pending])
+        self._pending, self._pending_rows = [], 0
+        nodes, node_of_uid = np.unique(uid, return_inverse=True)
+        node_of_root = np.searchsorted(nodes, root)  # every root also appears as a uid row
+        node_score = np.full(len(nodes), -np.inf)
+        node_score[node_of_uid] = score
+        n = len(nodes)
+        graph = coo_matrix((np.ones(len(uid), np.int8), (node_of_uid, node_of_root)), shape=(n, n))
+        count, component = connected_components(graph, directed=False)
+        root_of_component = np.full(count, n, dtype=np.int64)
+        np.minimum.at(root_of_component, component, np.arange(n))  # nodes are sorted uids
+        self.uid, self.score, self.root = nodes, node_score, nodes[root_of_component[component]]
 
 
 def run_rows(starts: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -106,19 +193,6 @@ def run_rows(starts: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndar
     run = np.repeat(np.arange(len(starts)), sizes)
     offset = np.arange(sizes.sum()) - np.repeat(np.cumsum(sizes) - sizes, sizes)
     return starts[run] + offset, run
-
-
-def pairs_in_runs(starts: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Every pair (a < b) of positions inside each run, vectorised over runs."""
-    out_i, out_j = [], []
-    for gap in range(1, int(sizes.max(initial=1))):
-        has = sizes > gap
-        a, _ = run_rows(starts[has], sizes[has] - gap)  # positions s .. s+size-gap-1
-        out_i.append(a)
-        out_j.append(a + gap)
-    if not out_i:
-        return np.array([], np.int64), np.array([], np.int64)
-    return np.concatenate(out_i), np.concatenate(out_j)
 
 
 def split_runs(rows: np.ndarray, run: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -143,16 +217,34 @@ def split_runs(rows: np.ndarray, run: np.ndarray, keys: np.ndarray) -> tuple[np.
     return sub_rows[shared], sub[shared]
 
 
-def value_pairs(value_ids: np.ndarray, rows: np.ndarray, run: np.ndarray, verify) -> tuple[np.ndarray, np.ndarray]:
-    """Verified row pairs inside runs, comparing each distinct value once.
+def member_rank(shard: pa.Table, rows: np.ndarray, columns: list[str]) -> np.ndarray:
+    """A pseudo-random uint64 per membership, from the row's compared ``columns`` and its
+    bucket: a bucket's representatives then depend only on what it holds (not on the
+    shard, partitioning or cluster size), and differ from band to band."""
+    from pandas.util import hash_array
+
+    code = shard.column(BUCKET_CODE).to_numpy()[rows]
+    for column in columns:
+        values = shard.column(column).to_numpy(zero_copy_only=False)[rows].astype(np.uint64)
+        code = hash_array(code ^ hash_array(values))
+    return code
+
+
+def value_pairs(value_ids: np.ndarray, rows: np.ndarray, run: np.ndarray, rank: np.ndarray, verify
+                ) -> tuple[np.ndarray, np.ndarray, int]:
+    """Verified row pairs inside runs, with a bounded number of checks per value.
 
     ``rows``/``run`` say which rows sit in which run (``run_rows`` or ``split_runs``; a
     row may sit in several). ``value_ids[row]`` names the row's comparable value
-    (identical ids are duplicates with no check: a star to the value's first row);
-    distinct values that share a run are compared once per pair with
-    ``verify(value_a, value_b) -> bool mask``."""
+    (identical ids are duplicates with no check: a star to the value's first row).
+    Inside a run, the distinct values are ordered by ``rank`` (``member_rank``) and each
+    is checked with ``verify(value_a, value_b) -> bool mask`` against the run's first
+    ``REPRESENTATIVES`` values and its predecessor (each value pair once per shard), so
+    the cost is linear in the run's size. A value near one representative joins its
+    group; one near none of them is left to the other bands, where the run has other
+    members and another order. Returns (i, j, number of pairs verified)."""
     if len(rows) == 0:
-        return np.array([], np.int64), np.array([], np.int64)
+        return np.array([], np.int64), np.array([], np.int64), 0
     vid = value_ids[rows]
     values, first = np.unique(vid, return_index=True)
     first_row = np.full(int(values.max()) + 1, -1, dtype=np.int64)
@@ -160,22 +252,43 @@ def value_pairs(value_ids: np.ndarray, rows: np.ndarray, run: np.ndarray, verify
     members = np.unique(rows)
     same = members != first_row[value_ids[members]]
     pair_i, pair_j = [members[same]], [first_row[value_ids[members[same]]]]
-    width = np.int64(values.max()) + 1
-    distinct = _sorted_unique(run.astype(np.int64) * width + vid)  # (run, value) once, sorted
-    d_run, d_vid = distinct // width, distinct % width
-    change = np.ones(len(distinct), dtype=bool)
+    order = np.lexsort((vid, rank, run))
+    d_run, d_vid = run[order], vid[order]
+    fresh = np.ones(len(order), dtype=bool)
+    fresh[1:] = (d_run[1:] != d_run[:-1]) | (d_vid[1:] != d_vid[:-1])  # (run, value) once
+    d_run, d_vid = d_run[fresh], d_vid[fresh]
+    change = np.ones(len(d_run), dtype=bool)
     change[1:] = d_run[1:] != d_run[:-1]
     d_starts = np.flatnonzero(change)
-    d_sizes = np.diff(np.append(d_starts, len(distinct)))
-    a, b = pairs_in_runs(d_starts, d_sizes)
+    d_sizes = np.diff(np.append(d_starts, len(d_run)))
+    a, b = _representative_pairs(d_starts, d_sizes)
+    compared = 0
     if len(a):
-        va, vb = d_vid[a], d_vid[b]  # va < vb within a run (sorted by value)
-        code = _sorted_unique(va * width + vb)
+        width = np.int64(values.max()) + 1
+        va, vb = d_vid[a], d_vid[b]
+        code = _sorted_unique(np.minimum(va, vb) * width + np.maximum(va, vb))
         va, vb = code // width, code % width
+        compared = len(code)
         ok = np.asarray(verify(va, vb), dtype=bool)
         pair_i.append(first_row[va[ok]])
         pair_j.append(first_row[vb[ok]])
-    return np.concatenate(pair_i), np.concatenate(pair_j)
+    return np.concatenate(pair_i), np.concatenate(pair_j), compared
+
+
+def _representative_pairs(starts: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions (a, b) inside each run: every member b with each of the run's first
+    ``REPRESENTATIVES`` members before it, and with its predecessor."""
+    position = np.arange(sizes.sum()) - np.repeat(starts, sizes)
+    run_start = np.repeat(starts, sizes)
+    out_a, out_b = [], []
+    for rep in range(REPRESENTATIVES):
+        later = np.flatnonzero(position > rep)
+        out_a.append(run_start[later] + rep)
+        out_b.append(later)
+    later = np.flatnonzero(position > REPRESENTATIVES)
+    out_a.append(later - 1)
+    out_b.append(later)
+    return np.concatenate(out_a), np.concatenate(out_b)
 
 
 def _sorted_unique(codes: np.ndarray) -> np.ndarray:
@@ -211,32 +324,6 @@ def collect(ds) -> list[pa.Table]:
     import ray
 
     return [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
-
-
-def resolve(links: pa.Table) -> pa.Table:
-    """Union-find over links, then the keep rule: a table (uid, duplicate_of) sorted by uid."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    if links.num_rows == 0:
-        return DUPLICATES_SCHEMA.empty_table()
-    uid = links.column("uid").to_numpy(zero_copy_only=False).astype(str)
-    root = links.column("root").to_numpy(zero_copy_only=False).astype(str)
-    score = links.column("score").to_numpy(zero_copy_only=False).astype(np.float64)
-    nodes, node_of_uid = np.unique(uid, return_inverse=True)
-    node_of_root = np.searchsorted(nodes, root)  # every root also appears as a uid row
-    node_score = np.full(len(nodes), -np.inf)
-    node_score[node_of_uid] = score
-    graph = coo_matrix((np.ones(len(uid), np.int8), (node_of_uid, node_of_root)), shape=(len(nodes),) * 2)
-    _, component = connected_components(graph, directed=False)
-    order = np.lexsort((nodes, -node_score, component))
-    first = np.ones(len(order), dtype=bool)
-    first[1:] = component[order][1:] != component[order][:-1]
-    survivor_of_component = np.empty(component.max() + 1, dtype=nodes.dtype)
-    survivor_of_component[component[order][first]] = nodes[order][first]
-    survivor = survivor_of_component[component]
-    dup = survivor != nodes
-    return pa.table({"uid": nodes[dup].tolist(), "duplicate_of": survivor[dup].tolist()}, schema=DUPLICATES_SCHEMA)
 
 
 class DuplicateLookup:
@@ -286,18 +373,21 @@ def reject_duplicates(stage: Stage, batch: pa.Table, lookup: DuplicateLookup) ->
     return reject_rows(batch, mask, reasons)
 
 
-def summary_of(lookup: DuplicateLookup) -> dict:
-    return {"duplicates": len(lookup), "groups": lookup.groups()}
+def summary_of(lookup: DuplicateLookup, comparisons: int = 0) -> dict:
+    """``comparisons``: candidate pairs verified (linear in rows, also on templates)."""
+    return {"duplicates": len(lookup), "groups": lookup.groups(), "comparisons": int(comparisons)}
 
 
 class DedupStage(GlobalStage):
     """What every dedup kind does once ``fit`` has stored its duplicates: reject them
     with ``<label>:duplicate_of=<survivor>``, and report them to the audit. Subclasses
-    write ``prepare`` (per-row hashes) and ``fit`` (grouping into ``self._duplicates``)."""
+    write ``prepare`` (per-row hashes) and ``fit`` (grouping into ``self._duplicates``,
+    counting verified pairs in ``self._comparisons``)."""
 
     def __init__(self, config=None, **params):
         super().__init__(config, **params)
         self._duplicates = DuplicateLookup(DUPLICATES_SCHEMA.empty_table())
+        self._comparisons = 0
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return reject_duplicates(self, ensure_columns(batch, self.adds), self._duplicates)
@@ -306,7 +396,7 @@ class DedupStage(GlobalStage):
         return {"duplicates": self._duplicates.table()}
 
     def summary(self) -> dict:
-        return summary_of(self._duplicates)
+        return summary_of(self._duplicates, self._comparisons)
 
 
 # ------------------------------------------------------------------ private helpers

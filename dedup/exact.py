@@ -49,8 +49,8 @@ class ExactDedup(_groups.DedupStage):
         key = self._key_column()
         ds = ds.select_columns([key, *_groups.rank_columns(ds.columns())])
         ds = ds.map_batches(lambda t: t.filter(t.column(key).is_valid()), batch_format="pyarrow")
-        links = _groups.link_buckets(ds, [key], _all_linked)
-        self._duplicates = _groups.DuplicateLookup(_groups.resolve(links))
+        duplicates, self._comparisons = _groups.link_buckets(ds, [key], _all_linked)
+        self._duplicates = _groups.DuplicateLookup(duplicates)
 
     def summary(self) -> dict:
         return {"key": self.config.key, **super().summary()}
@@ -59,11 +59,11 @@ class ExactDedup(_groups.DedupStage):
         return "pixel_hash" if self.config.key == "pixels" else "image_sha256"
 
 
-def _all_linked(shard: pa.Table, starts: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Every member of an exact-hash bucket is the same image: link each to the first."""
+def _all_linked(shard: pa.Table, starts: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Every member of an exact-hash bucket is the same image: link each to the first (no check)."""
     rows, run = _groups.run_rows(starts, sizes)
     rest = rows != starts[run]
-    return rows[rest], starts[run][rest]
+    return rows[rest], starts[run][rest], 0
 
 
 def _pixel_sha256(data: bytes) -> str | None:

@@ -19,8 +19,10 @@ datasketch and imagehash, reusing a ``phash`` column an earlier dedup_perceptual
 band keys are grouped across the cluster (Ray Data groupby); in pair mode each
 caption bucket is split again by the pigeonhole bands of the pHash (as
 dedup_perceptual buckets), so a template on k different images costs k rows, not k²
-comparisons; every candidate pair is verified, and groups are built with union-find
-(datatrove's and NeMo Curator's MinHash dedup follow the same passes).
+comparisons; each bucket member is verified against a few of the bucket's members
+(``_groups.value_pairs``), so a bucket of n templated captions that differ in one token
+costs ~5n checks, not n²/2 (issue 17); groups are built with union-find (datatrove's
+and NeMo Curator's MinHash dedup follow the same passes).
 
 Banding comes from datasketch's optimal (b, r) for a candidate threshold set below
 the Jaccard threshold: with the default b=16, r=8 a pair at Jaccard 0.8 becomes a
@@ -157,7 +159,7 @@ class MinHashDedup(_groups.DedupStage):
                 rows, run = _groups.split_runs(rows, run, hash_bands(phash[rows], radius))
             elif not verify:  # LSH alone: every bucket member links to the bucket's first row
                 rest = rows != starts[run]
-                return rows[rest], starts[run][rest]
+                return rows[rest], starts[run][rest], 0
             value_columns = (["text_key"] if verify else []) + (["phash"] if pair else [])
             keys = np.stack([shard.column(c).to_numpy()[rows] for c in value_columns], 1)
             _, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
@@ -175,11 +177,12 @@ class MinHashDedup(_groups.DedupStage):
                     ok[ok] = _jaccard_at_least(matrix, a[ok], b[ok], threshold)
                 return ok
 
-            return _groups.value_pairs(value_ids, rows, run, similar)
+            rank = _groups.member_rank(shard, rows, value_columns)
+            return _groups.value_pairs(value_ids, rows, run, rank, similar)
 
         exploded = ds.map_batches(explode, batch_format="pyarrow")
-        links = _groups.link_buckets(exploded, ["band", "bucket"], near_pairs)
-        self._duplicates = _groups.DuplicateLookup(_groups.resolve(links))
+        duplicates, self._comparisons = _groups.link_buckets(exploded, ["band", "bucket"], near_pairs)
+        self._duplicates = _groups.DuplicateLookup(duplicates)
 
     def shingles(self, caption: str) -> set[str]:
         """The shingle set of a caption (n-grams of the normalised text)."""

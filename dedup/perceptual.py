@@ -6,7 +6,9 @@ move a perceptual hash (pHash: Zauner 2010; dHash: Krawetz 2013; both from the
 pigeonhole principle (Manku et al. 2007, "Detecting near-duplicates for web
 crawling"): split the 64 bits into r + 1 bands; two hashes within distance r agree
 exactly on at least one band, so candidates are rows sharing a band value, and each
-candidate pair is then verified on the exact Hamming distance of every listed hash.
+candidate is then verified on the exact Hamming distance of every listed hash, against
+a few representatives of its bucket (``_groups.value_pairs``: a bucket of near-blank
+placeholders or near-identical product shots costs linear, not quadratic, checks).
 
 The default (pHash *and* dHash within 4 bits) was measured (``bench/perceptual_radius.py``,
 docs/dedup.md) on 2,220 distinct real images, 17,340 in all: windows of scikit-image's
@@ -101,11 +103,13 @@ class PerceptualDedup(_groups.DedupStage):
             def within(a, b):
                 return (hamming(distinct[a], distinct[b]) <= max_distance).all(axis=1)
 
-            return _groups.value_pairs(value_ids.reshape(-1), *_groups.run_rows(starts, sizes), within)
+            rows, run = _groups.run_rows(starts, sizes)
+            rank = _groups.member_rank(shard, rows, kinds)
+            return _groups.value_pairs(value_ids.reshape(-1), rows, run, rank, within)
 
         exploded = ds.map_batches(explode, batch_format="pyarrow")
-        links = _groups.link_buckets(exploded, ["band", "bucket"], near_pairs)
-        self._duplicates = _groups.DuplicateLookup(_groups.resolve(links))
+        duplicates, self._comparisons = _groups.link_buckets(exploded, ["band", "bucket"], near_pairs)
+        self._duplicates = _groups.DuplicateLookup(duplicates)
 
     def summary(self) -> dict:
         return {
