@@ -6,6 +6,14 @@ clusters the embeddings with k-means, then inside each cluster removes points wh
 cosine similarity to a kept point exceeds 1 - eps; on LAION-440M it removed ~50% of the
 data at ~0.5 pt ImageNet zero-shot cost. Clustering keeps the all-pairs work per cluster.
 
+Cost stays linear in rows (issue 17): k-means is fit on a bounded sample (at most 256
+points per centroid, faiss's ``max_points_per_centroid``) with at most ``max_clusters``
+centroids, and a cluster larger than 4 x ``cluster_size`` (a dense region: near-identical
+product shots, one meme template) is split by a random-projection tree (Dasgupta &
+Freund 2008: halve at the median of a seeded random direction) until every part holds
+at most that many rows, so the all-pairs step costs O(rows x 4 x cluster_size). A
+duplicate pair that a split separates is missed, as one that k-means separates is.
+
 Points are taken in keep-rule order (highest clip_score first, then smallest uid): the
 first point is kept, and every later point within 1 - eps of a kept point is removed
 as ``duplicate_of`` that kept point. k-means (spherical, k-means++ init, torch) is fit
@@ -23,17 +31,22 @@ from dedup import _groups
 from pipelines.stage import StageConfig, unit_hash
 
 EMBEDDING = "clip_image_emb"
+MAX_POINTS_PER_CENTROID = 256  # faiss's default: more sample points barely move a centroid
 
 
 class SemanticDedupConfig(StageConfig):
     eps: float = Field(0.05, gt=0.0, lt=1.0)
     """Remove a point whose cosine similarity to a kept point is > 1 - eps."""
     num_clusters: int | None = Field(None, ge=1)
-    """k of k-means; default: rows / cluster_size."""
+    """k of k-means; default: rows / cluster_size, at most max_clusters."""
+    max_clusters: int = Field(100, ge=1)
+    """Bound on the default k (k-means costs rows x k); larger clusters are split (module docstring)."""
     cluster_size: int = Field(1000, ge=1)
+    """Typical cluster size; no cluster's all-pairs step sees more than 4 x this many rows."""
     kmeans_iterations: int = Field(20, ge=1)
     kmeans_sample: int = Field(100_000, ge=1)
-    """At most this many rows (a uid-hash sample) fit the centroids; all rows are assigned."""
+    """At most this many rows (a uid-hash sample, and at most 256 per centroid) fit the centroids; all rows are
+    assigned."""
     seed: int = 0
 
 
@@ -57,8 +70,8 @@ class SemanticDedup(_groups.DedupStage):
         rows = ds.count()
         if rows < 2:
             return
-        k = min(rows, cfg.num_clusters or max(1, round(rows / cfg.cluster_size)))
-        fraction = min(1.0, cfg.kmeans_sample / rows)
+        k = min(rows, cfg.num_clusters or min(cfg.max_clusters, max(1, round(rows / cfg.cluster_size))))
+        fraction = min(1.0, cfg.kmeans_sample / rows, MAX_POINTS_PER_CENTROID * k / rows)
         seed = cfg.seed
 
         def sample(table: pa.Table) -> pa.Table:
@@ -74,15 +87,21 @@ class SemanticDedup(_groups.DedupStage):
             return table.append_column("cluster", pa.array(similarity.argmax(1).astype(np.int32)))
 
         threshold = 1.0 - cfg.eps
+        cap = 4 * cfg.cluster_size
 
         def per_cluster(cluster: pa.Table) -> pa.Table:
             if cluster.num_rows < 2:
                 return _groups.DUPLICATES_SCHEMA.empty_table()
             uids = cluster.column("uid").to_numpy(zero_copy_only=False).astype(str)
             order = _groups.keep_order(uids, _groups.scores_of(cluster))
-            removed, kept_by = greedy_semdedup(embeddings(cluster)[order], threshold)
+            uids, points = uids[order], embeddings(cluster)[order]
+            removed_uids, kept_uids = [], []
+            for part in split_oversize(points, cap, seed):  # each part in keep order
+                removed, kept_by = greedy_semdedup(points[part], threshold)
+                removed_uids.append(uids[part][removed])
+                kept_uids.append(uids[part][kept_by[removed]])
             return pa.table(
-                {"uid": uids[order][removed].tolist(), "duplicate_of": uids[order][kept_by[removed]].tolist()},
+                {"uid": np.concatenate(removed_uids).tolist(), "duplicate_of": np.concatenate(kept_uids).tolist()},
                 schema=_groups.DUPLICATES_SCHEMA,
             )
 
@@ -136,6 +155,26 @@ def greedy_semdedup(points: np.ndarray, threshold: float, chunk: int = 2048) -> 
         removed[neighbours] = True
         kept_by[neighbours] = point
     return removed, kept_by
+
+
+def split_oversize(points: np.ndarray, cap: int, seed: int) -> list[np.ndarray]:
+    """Sorted index sets of at most ``cap`` points covering ``points``: a random-projection
+    tree (Dasgupta & Freund 2008) that halves a part at the median of its projection on a
+    seeded random direction. Deterministic for a given input order; O(n log(n / cap))."""
+    if len(points) <= cap:
+        return [np.arange(len(points))]
+    rng = np.random.default_rng(seed)
+    todo, parts = [np.arange(len(points))], []
+    while todo:
+        part = todo.pop()
+        if len(part) <= cap:
+            parts.append(part)
+            continue
+        projection = points[part].astype(np.float64) @ rng.standard_normal(points.shape[1])
+        by_projection = np.argsort(projection, kind="stable")
+        half = len(part) // 2
+        todo += [np.sort(part[by_projection[:half]]), np.sort(part[by_projection[half:]])]
+    return parts
 
 
 def _spherical_kmeans(points: np.ndarray, k: int, iterations: int, seed: int) -> np.ndarray:

@@ -1,7 +1,7 @@
 import numpy as np
 import pyarrow as pa
 
-from dedup.semantic import SemanticDedup, greedy_semdedup
+from dedup.semantic import SemanticDedup, greedy_semdedup, split_oversize
 
 
 def planted(n_base: int, dim: int, seed: int):
@@ -64,3 +64,26 @@ def test_agrees_with_all_pairs_and_partitioning(run_global, make_pool):
     assert len(expected) >= 190
     assert len(removed & expected) / len(removed | expected) >= 0.97
     assert stage.summary()["clusters"] == 8
+
+
+def test_split_oversize_bounds_parts():
+    points = planted(900, 16, 3).astype(np.float32)
+    parts = split_oversize(points, 100, seed=0)
+    assert max(len(p) for p in parts) <= 100
+    assert np.array_equal(np.sort(np.concatenate(parts)), np.arange(len(points)))
+    assert all(np.all(np.diff(p) > 0) for p in parts)  # each part keeps the keep order
+    assert [p.tolist() for p in parts] == [p.tolist() for p in split_oversize(points, 100, seed=0)]
+
+
+def test_one_dense_cluster_is_split_and_still_dedups(run_global, make_pool):
+    """A cluster over 4 x cluster_size (here: everything in one k-means cluster) is split
+    before the all-pairs step; near copies are still found (the split misses few)."""
+    points = planted(600, 48, 4)
+    uids = [f"u{i:04d}" for i in range(len(points))]
+    scores = np.random.default_rng(5).random(len(points)).round(2)
+    out = run_global(SemanticDedup(eps=0.03, num_clusters=1, cluster_size=50), make_pool(uids, embeddings=points, scores=scores))
+    removed = {u for u, r in zip(uids, out.column("reject").to_pylist()) if r}
+    f16 = points.astype(np.float16).astype(np.float32)
+    expected = all_pairs_removed(f16 / np.linalg.norm(f16, axis=1, keepdims=True), uids, scores, 0.03)
+    overlap = len(removed & expected) / len(removed | expected)
+    assert overlap >= 0.8
