@@ -27,7 +27,9 @@ with ``clip_score:below_threshold``:
   assumes no noise share, and unlike ``keep_clean`` it does not assume the trusted
   set scores like the pool (on our benchmark pool of photos the trusted pairs scored
   higher than the pool's clean ones, and ``keep_clean: 0.9`` kept only 73 % of them;
-  ``keep_matched: 0.8`` kept 99.5 % and removed 98 % of mismatches).
+  ``keep_matched: 0.5`` kept 99.9 % and removed 98 % of mismatches, and on the product
+  pool 95 % / 92 %: bench/filter_model_pool.py, docs/filter-model.md). 0.5 is the
+  plain Bayes rule: keep a pair more likely matched than not.
 - ``keep_top``: a fraction of the kept pairs (DataComp style). It needs the global
   score distribution, so the stage is then a global stage: ``prepare`` scores every
   batch, ``fit`` finds the DataComp cut (the ``int(n * keep_top)``-th largest score
