@@ -195,3 +195,38 @@ def test_a_stale_lock_is_taken_over(web, tmp_path):
         with RunLock(Storage.at(str(out))):
             pass
     shutil.rmtree(out)
+
+
+def test_a_retrained_filter_model_rescores_on_resume(web, tmp_path, monkeypatch):
+    """Interrupt after the download, retrain the filter model into the same folder,
+    rerun: the scores are the new model's (equal to a fresh run), nothing is fetched."""
+    import pyarrow as pa
+
+    from pipelines.sampleweb import trusted_pairs
+    from train.api import train
+
+    (tmp_path / "trusted").mkdir()
+    pq.write_table(trusted_pairs(64), tmp_path / "trusted" / "part-00000.parquet")
+    model = tmp_path / "filter"
+    for seed, folder in ((0, model), (1, tmp_path / "round-two")):
+        train(tmp_path / "trusted", "clip-tiny", output=folder, steps=2, batch_size=16, seed=seed, quiet=True,
+              threads=1)
+    pool, out = tmp_path / "pool.parquet", tmp_path / "out"
+    recipe = _recipe({"clip_score": {"model": f"local-dir:{model}", "min_score": -1.0, "device": "cpu"}})
+    _interrupted(recipe, pool, out, monkeypatch)
+    fetched = sum(web.requests.values())
+    for path in (tmp_path / "round-two").iterdir():
+        if path.is_file():
+            shutil.copy(path, model / path.name)  # the same folder, another model
+
+    manifest = _run(recipe, pool, out)
+    assert manifest["resume"]["recomputed_from"] == "clip_score" and sum(web.requests.values()) == fetched
+    fresh = tmp_path / "fresh"
+    _run(recipe, pool, fresh)
+
+    def scores(folder):
+        table = pa.concat_tables([pq.read_table(p, columns=["uid", "clip_score"])
+                                  for p in sorted((folder / "shards").glob("*.parquet"))])
+        return dict(zip(table.column("uid").to_pylist(), table.column("clip_score").to_pylist()))
+
+    assert scores(out) == scores(fresh) and len(scores(out)) > 20
