@@ -8,10 +8,10 @@ data at ~0.5 pt ImageNet zero-shot cost. Clustering keeps the all-pairs work per
 
 Cost stays linear in rows (issue 17): k-means is fit on a bounded sample (at most 256
 points per centroid, faiss's ``max_points_per_centroid``) with at most ``max_clusters``
-centroids, and a cluster larger than 4 x ``cluster_size`` (a dense region: near-identical
+centroids, and a cluster larger than 2 x ``cluster_size`` (a dense region: near-identical
 product shots, one meme template) is split by a random-projection tree (Dasgupta &
 Freund 2008: halve at the median of a seeded random direction) until every part holds
-at most that many rows, so the all-pairs step costs O(rows x 4 x cluster_size). A
+at most that many rows, so the all-pairs step costs O(rows x 2 x cluster_size). A
 duplicate pair that a split separates is missed, as one that k-means separates is.
 
 Points are taken in keep-rule order (highest clip_score first, then smallest uid): the
@@ -42,7 +42,7 @@ class SemanticDedupConfig(StageConfig):
     max_clusters: int = Field(100, ge=1)
     """Bound on the default k (k-means costs rows x k); larger clusters are split (module docstring)."""
     cluster_size: int = Field(1000, ge=1)
-    """Typical cluster size; no cluster's all-pairs step sees more than 4 x this many rows."""
+    """Typical cluster size; no cluster's all-pairs step sees more than 2 x this many rows."""
     kmeans_iterations: int = Field(20, ge=1)
     kmeans_sample: int = Field(100_000, ge=1)
     """At most this many rows (a uid-hash sample, and at most 256 per centroid) fit the centroids; all rows are
@@ -87,7 +87,7 @@ class SemanticDedup(_groups.DedupStage):
             return table.append_column("cluster", pa.array(similarity.argmax(1).astype(np.int32)))
 
         threshold = 1.0 - cfg.eps
-        cap = 4 * cfg.cluster_size
+        cap = 2 * cfg.cluster_size
 
         def per_cluster(cluster: pa.Table) -> pa.Table:
             if cluster.num_rows < 2:

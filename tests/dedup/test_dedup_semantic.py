@@ -76,12 +76,12 @@ def test_split_oversize_bounds_parts():
 
 
 def test_one_dense_cluster_is_split_and_still_dedups(run_global, make_pool):
-    """A cluster over 4 x cluster_size (here: everything in one k-means cluster) is split
+    """A cluster over 2 x cluster_size (here: everything in one k-means cluster) is split
     before the all-pairs step; near copies are still found (the split misses few)."""
     points = planted(600, 48, 4)
     uids = [f"u{i:04d}" for i in range(len(points))]
     scores = np.random.default_rng(5).random(len(points)).round(2)
-    out = run_global(SemanticDedup(eps=0.03, num_clusters=1, cluster_size=50), make_pool(uids, embeddings=points, scores=scores))
+    out = run_global(SemanticDedup(eps=0.03, num_clusters=1, cluster_size=100), make_pool(uids, embeddings=points, scores=scores))
     removed = {u for u, r in zip(uids, out.column("reject").to_pylist()) if r}
     f16 = points.astype(np.float16).astype(np.float32)
     expected = all_pairs_removed(f16 / np.linalg.norm(f16, axis=1, keepdims=True), uids, scores, 0.03)
