@@ -81,6 +81,7 @@ def main(argv=None) -> int:
         "mismatch_removed": min(p["mismatch_removed"] for p in per_pool.values()),
         "beats_raw_by_more_than_spread": all(p["gain_vs_raw"] > 100 * p["seed_spread"] for p in per_pool.values()),
         "no_silent_loss": all(p["no_silent_loss"] for p in per_pool.values()),
+        "meets_90_90": all(p["meets_90_90"] for p in per_pool.values()),
         "per_pool": per_pool, "wall_s": round(time.time() - started, 1),
     }
     print(json.dumps(summary))
