@@ -379,7 +379,7 @@ def stage_matches(phash: np.ndarray, radius: int) -> bool:
     ray.data.DataContext.get_current().enable_progress_bars = False
     uids = [f"p{k:06d}" for k in range(len(phash))]
     table = pa.table({"uid": uids, "phash": pa.array(phash, pa.uint64()), "reject": pa.nulls(len(uids), pa.string())})
-    stage = PerceptualDedup(max_distance=radius)
+    stage = PerceptualDedup(hashes=("phash",), max_distance=radius)  # the radius the sweep chose, pHash alone
     stage.fit(ray.data.from_arrow(table).repartition(8))
     removed = set(stage.stats()["duplicates"].column("uid").to_pylist())
     ray.shutdown()
