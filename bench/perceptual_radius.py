@@ -368,9 +368,10 @@ def group_outcome(group: np.ndarray, i: np.ndarray, j: np.ndarray) -> tuple[int,
     return originals - present, len(kept_groups) - present
 
 
-def stage_matches(phash: np.ndarray, radius: int) -> bool:
-    """The stage's fit (pigeonhole banding on Ray) removes exactly the images that
-    all-pairs union-find removes at the same radius."""
+def stage_matches(phash: np.ndarray, radius: int) -> dict:
+    """Does the stage's fit (pigeonhole banding on Ray, each bucket member checked against
+    a few representatives) remove the images that all-pairs union-find removes at the
+    same radius? Counts of both and of their overlap."""
     import ray
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
@@ -389,7 +390,9 @@ def stage_matches(phash: np.ndarray, radius: int) -> bool:
     order = np.lexsort((np.arange(n), component))
     not_first = np.zeros(n, dtype=bool)
     not_first[order[1:]] = component[order][1:] == component[order][:-1]
-    return removed == {uids[k] for k in np.flatnonzero(not_first)}
+    expected = {uids[k] for k in np.flatnonzero(not_first)}
+    return {"equal": removed == expected, "stage_removed": len(removed), "all_pairs_removed": len(expected),
+            "both": len(removed & expected)}
 
 
 def print_table(sweep: list[dict], positives: int, originals: int) -> None:
