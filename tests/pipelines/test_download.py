@@ -197,9 +197,11 @@ def test_retry_after_pauses_the_whole_host():
         results = {}
         first = threading.Thread(target=lambda: results.update(a=fetcher.fetch(web.url("/a.jpg"), time.monotonic() + 10)))
         first.start()
-        while not web.requests["/a.jpg"]:
-            time.sleep(0.01)
-        time.sleep(0.2)  # the 429 has been answered; the host is paused
+        deadline = time.monotonic() + 10
+        # wait for the state, not a fixed time: the 429 has been answered and the host is paused
+        while not any(host._next_start > time.monotonic() + 0.5 for host in list(fetcher._hosts.values())):
+            assert time.monotonic() < deadline, "the 429 never paused the host"
+            time.sleep(0.005)
         results["b"] = fetcher.fetch(web.url("/b.jpg"), time.monotonic() + 10)
         first.join()
     assert results["a"][1] is None and results["b"][1] is None
