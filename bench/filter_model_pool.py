@@ -33,8 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
-from sklearn.mixture import GaussianMixture  # noqa: E402
 
+from filters.clip_score import ClipScore  # noqa: E402
 from train.evaluate import roc_auc, score_pairs  # noqa: E402
 from train.filter_model import train_filter_model  # noqa: E402
 
@@ -91,12 +91,9 @@ def _pool_parts(pool_dir: Path) -> tuple[Path, list[str], list[str]]:
 def _figures(scores: np.ndarray, kinds: np.ndarray) -> dict:
     ok, mismatch = kinds == "ok", kinds == "mismatch"
     valid = ~np.isnan(scores)
-    mixture = GaussianMixture(2, random_state=0).fit(scores[valid].reshape(-1, 1))
-    matched = np.zeros(scores.size)
-    matched[valid] = mixture.predict_proba(scores[valid].reshape(-1, 1))[:, int(np.argmax(mixture.means_.ravel()))]
     out = {"auc": round(roc_auc(scores[ok & valid], scores[mismatch & valid]), 4)}
-    for cut in (0.5, 0.8):
-        keep = matched >= cut
+    for cut in (0.5, 0.8):  # the stage's own keep_matched cut (its mixture fit), not a copy of it
+        keep = scores >= ClipScore(model="unused", keep_matched=cut)._mixture_cut(scores[valid])
         out[f"km{cut}"] = [round(float(keep[ok].mean()), 4), round(float(1 - keep[mismatch].mean()), 4)]
     line = np.quantile(scores[mismatch & valid], 0.9)
     out["clean_kept_at_90"] = round(float((scores[ok] > line).mean()), 4)

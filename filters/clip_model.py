@@ -30,6 +30,8 @@ from typing import Any, Callable, NamedTuple
 import open_clip
 import torch
 
+from pipelines import fingerprint as fp
+
 CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_pytorch_model.bin"
 LOCAL_DIR = "local-dir:"
@@ -93,12 +95,9 @@ def model_fingerprint(model: str, pretrained: str | None = None) -> str:
         files = [Path(model)]
     if weights and Path(weights).is_file():
         files.append(Path(weights))
-    digest = hashlib.sha256(f"{name}|{weights}".encode())
-    for path in files:
-        with open(path, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-    return f"{model}|{pretrained}|{digest.hexdigest()[:16]}"
+    # content digests shared with the run fingerprints (pipelines/fingerprint.py): one read per file and process
+    digest = fp.digest([name, weights, [fp.path_digest(path) for path in files]])
+    return f"{model}|{pretrained}|{digest[:16]}"
 
 
 def save_checkpoint(model: torch.nn.Module, path: str | Path, *, model_cfg: dict, preprocess_cfg: dict | None = None) -> Path:
