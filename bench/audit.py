@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 OURS = """
 import sys
-from curation.audit.stats import compute_stats
+from clipcurate.curation.audit.stats import compute_stats
 s = compute_stats(sys.argv[1])
 print(s["totals"]["kept"], len(s["reasons"]), s["quantities"]["clip_score"]["kept"]["count"])
 """
@@ -76,7 +76,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
-    from curation.audit.synthetic import write_synthetic_run
+    from clipcurate.curation.audit.synthetic import write_synthetic_run
 
     with tempfile.TemporaryDirectory(prefix="bench-audit-") as tmp:
         out = Path(tmp) / "run"

@@ -33,11 +33,11 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from filters._cat_text import CaptionParser, load_parser  # noqa: E402
-from filters._ocr import TextSpotter, decode_bgr, ocr_overlap  # noqa: E402
-from filters.cat import CatFilter  # noqa: E402
-from pipelines.sampleweb import generate_samples  # noqa: E402
-from pipelines.stage import make_uid  # noqa: E402
+from clipcurate.filters._cat_text import CaptionParser, load_parser  # noqa: E402
+from clipcurate.filters._ocr import TextSpotter, decode_bgr, ocr_overlap  # noqa: E402
+from clipcurate.filters.cat import CatFilter  # noqa: E402
+from clipcurate.pipelines.sampleweb import generate_samples  # noqa: E402
+from clipcurate.pipelines.stage import make_uid  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
 
     samples = generate_samples(args.samples, seed=args.seed)
     table = _as_download_output(samples)
-    result = {"samples": args.samples, "source": "pipelines.sampleweb.generate_samples"}
+    result = {"samples": args.samples, "source": "clipcurate.pipelines.sampleweb.generate_samples"}
     result.update(_bench_caption_rules([s.caption for s in samples]))
     result.update(_bench_ocr(samples, args.ocr_images))
     result["sample_web"] = _shares(table, CatFilter(), samples)

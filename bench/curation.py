@@ -34,15 +34,15 @@ import pyarrow.compute as pc  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import yaml  # noqa: E402
 
-from curation.ablate import download_pool, load_experiment, run_ablation  # noqa: E402
-from curation.ablate_report import summary_table  # noqa: E402
-from curation.pools import make_pool  # noqa: E402
-from pipelines import cli  # noqa: E402
-from pipelines.recipe import expand_env, parse_recipe  # noqa: E402
-from pipelines.runner import RunOptions, run_pipeline  # noqa: E402
-from pipelines.sampleweb import SampleWeb  # noqa: E402
-from train.api import evaluate  # noqa: E402
-from train.filter_model import train_filter_model  # noqa: E402
+from clipcurate.curation.ablate import download_pool, load_experiment, run_ablation  # noqa: E402
+from clipcurate.curation.ablate_report import summary_table  # noqa: E402
+from clipcurate.curation.pools import make_pool  # noqa: E402
+from clipcurate.pipelines import cli  # noqa: E402
+from clipcurate.pipelines.recipe import expand_env, parse_recipe  # noqa: E402
+from clipcurate.pipelines.runner import RunOptions, run_pipeline  # noqa: E402
+from clipcurate.pipelines.sampleweb import SampleWeb  # noqa: E402
+from clipcurate.train.api import evaluate  # noqa: E402
+from clipcurate.train.filter_model import train_filter_model  # noqa: E402
 
 RECIPE = Path(__file__).resolve().parents[1] / "pipelines" / "recipes" / "recommended.yaml"
 

@@ -39,10 +39,10 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from dedup.exact import ExactDedup
-from dedup.minhash import MinHashDedup
-from dedup.perceptual import PerceptualDedup, hamming
-from dedup.semantic import SemanticDedup
+from clipcurate.dedup.exact import ExactDedup
+from clipcurate.dedup.minhash import MinHashDedup
+from clipcurate.dedup.perceptual import PerceptualDedup, hamming
+from clipcurate.dedup.semantic import SemanticDedup
 
 
 def main(argv=None) -> int:

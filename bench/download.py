@@ -53,7 +53,7 @@ server.serve_forever()
 def make_images(folder: str, n: int, seed: int = 0) -> list[str]:
     import numpy as np
 
-    from pipelines.sampleweb import BACKGROUNDS, COLOURS, SHAPES, encode_jpeg, render_shape
+    from clipcurate.pipelines.sampleweb import BACKGROUNDS, COLOURS, SHAPES, encode_jpeg, render_shape
 
     rng = np.random.default_rng(seed)
     names = []
@@ -83,9 +83,9 @@ def _timed_phase1(run_phase1):
 
 
 def run_ours(pool: str, out: str, args) -> tuple[float, float, int]:
-    from pipelines import runner
-    from pipelines.recipe import parse_recipe
-    from pipelines.runner import RunOptions, run_pipeline
+    from clipcurate.pipelines import runner
+    from clipcurate.pipelines.recipe import parse_recipe
+    from clipcurate.pipelines.runner import RunOptions, run_pipeline
 
     if not hasattr(runner.RayExecutor.run_phase1, "__wrapped_phase1__"):
         runner.RayExecutor.run_phase1 = _timed_phase1(runner.RayExecutor.run_phase1)

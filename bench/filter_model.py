@@ -44,10 +44,10 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
 
-from train import datasets  # noqa: E402
-from train.api import evaluate  # noqa: E402
-from train.evaluate import score_pairs  # noqa: E402
-from train.filter_model import read_pairs, train_filter_model  # noqa: E402
+from clipcurate.train import datasets  # noqa: E402
+from clipcurate.train.api import evaluate  # noqa: E402
+from clipcurate.train.evaluate import score_pairs  # noqa: E402
+from clipcurate.train.filter_model import read_pairs, train_filter_model  # noqa: E402
 
 BASELINE = "clip-tiny-300"
 RECOMMENDED = "lit-resnet-aug-self-train"

@@ -34,9 +34,9 @@ import numpy as np  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
 
-from filters.clip_score import ClipScore  # noqa: E402
-from train.evaluate import roc_auc, score_pairs  # noqa: E402
-from train.filter_model import train_filter_model  # noqa: E402
+from clipcurate.filters.clip_score import ClipScore  # noqa: E402
+from clipcurate.train.evaluate import roc_auc, score_pairs  # noqa: E402
+from clipcurate.train.filter_model import train_filter_model  # noqa: E402
 
 
 def main(argv=None) -> int:

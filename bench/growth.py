@@ -53,12 +53,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:] = [REPO] + [p for p in sys.path if os.path.abspath(p or ".") != os.path.join(REPO, "bench")]
 
 from bench.scale import WorkerMemory  # noqa: E402
-from curation.metaclip import MetaClipBalance  # noqa: E402
-from dedup.exact import ExactDedup  # noqa: E402
-from dedup.minhash import MinHashDedup  # noqa: E402
-from dedup.perceptual import PerceptualDedup  # noqa: E402
-from dedup.semantic import SemanticDedup  # noqa: E402
-from filters.clip_score import ClipScore  # noqa: E402
+from clipcurate.curation.metaclip import MetaClipBalance  # noqa: E402
+from clipcurate.dedup.exact import ExactDedup  # noqa: E402
+from clipcurate.dedup.minhash import MinHashDedup  # noqa: E402
+from clipcurate.dedup.perceptual import PerceptualDedup  # noqa: E402
+from clipcurate.dedup.semantic import SemanticDedup  # noqa: E402
+from clipcurate.filters.clip_score import ClipScore  # noqa: E402
 
 # rows at n per stage: large enough that start-up is a small share of the time
 DEFAULT_ROWS = {"exact": 96_000, "perceptual": 48_000, "minhash_caption": 40_000, "minhash_pair": 40_000,

@@ -45,7 +45,7 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from filters.language import LanguageFilter  # noqa: E402
+from clipcurate.filters.language import LanguageFilter  # noqa: E402
 
 LOCALE = Path("/usr/share/locale")
 WORDNET = Path("/usr/share/wordnet/data.noun")

@@ -24,8 +24,8 @@ import pyarrow as pa
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from curation.metaclip import MetaClipBalance  # noqa: E402
-from curation.metadata import cached_matcher, spacing  # noqa: E402
+from clipcurate.curation.metaclip import MetaClipBalance  # noqa: E402
+from clipcurate.curation.metadata import cached_matcher, spacing  # noqa: E402
 
 
 def wordnet_lemmas(folder: str = "/usr/share/wordnet") -> list[str]:

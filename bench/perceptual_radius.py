@@ -50,7 +50,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image, ImageEnhance
 
-from dedup.perceptual import DEFAULT_HASHES, DEFAULT_MAX_DISTANCE, PerceptualDedup, hamming, image_hashes
+from clipcurate.dedup.perceptual import DEFAULT_HASHES, DEFAULT_MAX_DISTANCE, PerceptualDedup, hamming, image_hashes
 
 SIZE = 256
 RADII = range(0, 11)
@@ -253,7 +253,7 @@ def fashion_items(per_class: int, seed: int) -> list[Original]:
     """Fashion-MNIST test items, dark on white at 112 px; items whose pixels are
     near-identical to one already taken (the set has some) are skipped, so every
     negative pair is two different products."""
-    from train.datasets import fashion_mnist
+    from clipcurate.train.datasets import fashion_mnist
 
     images, labels = fashion_mnist("test", root=FASHION_MNIST_DIR)
     order = np.random.default_rng(seed).permutation(len(labels))

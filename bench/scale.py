@@ -138,10 +138,10 @@ def run_one(cpus: int, pool: str, out: str) -> dict:
     """One measurement in this process: embedded Ray with ``cpus`` CPUs."""
     import ray
 
-    from pipelines.readers import split_input
-    from pipelines.recipe import parse_recipe
-    from pipelines.runner import WORK, RunOptions, run_pipeline
-    from pipelines.storage import Storage
+    from clipcurate.pipelines.readers import split_input
+    from clipcurate.pipelines.recipe import parse_recipe
+    from clipcurate.pipelines.runner import WORK, RunOptions, run_pipeline
+    from clipcurate.pipelines.storage import Storage
 
     recipe, stages = parse_recipe(RECIPE)
     t0 = time.perf_counter()

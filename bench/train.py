@@ -27,9 +27,9 @@ import torch  # noqa: E402
 from open_clip.loss import ClipLoss  # noqa: E402
 from open_clip_train.scheduler import cosine_lr  # noqa: E402
 
-from train import datasets  # noqa: E402
-from train.model import create  # noqa: E402
-from train.trainer import TrainConfig, TrainStep, build_loss, build_optimizer  # noqa: E402
+from clipcurate.train import datasets  # noqa: E402
+from clipcurate.train.model import create  # noqa: E402
+from clipcurate.train.trainer import TrainConfig, TrainStep, build_loss, build_optimizer  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from train import datasets  # noqa: E402
-from train.api import evaluate, train  # noqa: E402
+from clipcurate.train import datasets  # noqa: E402
+from clipcurate.train.api import evaluate, train  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -85,7 +85,7 @@ def compare_reload(checkpoint: Path, images: np.ndarray) -> dict:
     import open_clip
     from PIL import Image
 
-    from train.model import create
+    from clipcurate.train.model import create
 
     plain, _, preprocess = open_clip.create_model_and_transforms("local-dir:" + str(checkpoint))
     tokenizer = open_clip.get_tokenizer("local-dir:" + str(checkpoint))

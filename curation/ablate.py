@@ -36,11 +36,11 @@ import pyarrow.parquet as pq
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from pipelines.errors import RecipeError, UserError
-from pipelines import fingerprint as fp
-from pipelines.readers import files_fingerprint
-from pipelines.recipe import Recipe, expand_env, parse_recipe
-from pipelines.runner import RunOptions, run_pipeline
+from clipcurate.pipelines.errors import RecipeError, UserError
+from clipcurate.pipelines import fingerprint as fp
+from clipcurate.pipelines.readers import files_fingerprint
+from clipcurate.pipelines.recipe import Recipe, expand_env, parse_recipe
+from clipcurate.pipelines.runner import RunOptions, run_pipeline
 
 RAW = "raw"
 ORACLE = "clean_oracle"
@@ -158,7 +158,7 @@ def plan_variants(experiment: Experiment) -> list[Planned]:
 def run_ablation(experiment: Experiment, output: str | Path, options: RunOptions | None = None,
                  log=print) -> dict:
     """Run every variant, train and evaluate on each, write ``OUT/ablation.json`` and the report."""
-    from curation.ablate_report import write_report
+    from clipcurate.curation.ablate_report import write_report
 
     options = options or RunOptions(progress=False)
     out = Path(output)
@@ -358,7 +358,7 @@ def _truth_figures(final: Path, results: dict, truth: TruthSpec) -> dict:
 
 def _train_eval(final: Path, experiment: Experiment, seed: int, folder: Path, log, name: str) -> dict:
     """Train on the variant's shards at the fixed budget and evaluate; cached per seed."""
-    from train.api import evaluate, train
+    from clipcurate.train.api import evaluate, train
 
     done = folder / "result.json"
     if done.exists():

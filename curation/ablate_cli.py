@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import shutil
 
-from pipelines.runner import RunOptions
+from clipcurate.pipelines.runner import RunOptions
 
 HELP = (
     "Compare recipe variants by the models trained on what they keep: one pool, a base recipe, variants, "
@@ -26,8 +26,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from curation.ablate import load_experiment, run_ablation
-    from curation.ablate_report import summary_table
+    from clipcurate.curation.ablate import load_experiment, run_ablation
+    from clipcurate.curation.ablate_report import summary_table
 
     experiment = load_experiment(args.experiment)
     if args.force:

@@ -28,8 +28,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field, model_validator
 
-from curation.metadata import cached_matcher, load_entries
-from pipelines.stage import GlobalStage, Resources, StageConfig, ensure_columns, kept_mask, reject_rows, set_column
+from clipcurate.curation.metadata import cached_matcher, load_entries
+from clipcurate.pipelines.stage import GlobalStage, Resources, StageConfig, ensure_columns, kept_mask, reject_rows, set_column
 
 if TYPE_CHECKING:  # pragma: no cover
     import ray.data

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from pipelines.errors import UserError
+from clipcurate.pipelines.errors import UserError
 
 HELP = (
     "Build a MetaCLIP metadata entry list (numbers 0-99, WordNet synset names, frequent "
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from curation import metadata
+    from clipcurate.curation import metadata
 
     if args.min_count < 1:
         raise UserError("--min-count must be at least 1")
@@ -105,8 +105,8 @@ def _info(args: argparse.Namespace) -> int:
     import numpy as np
     import pyarrow as pa
 
-    from curation import metadata
-    from curation.metaclip import t_to_p
+    from clipcurate.curation import metadata
+    from clipcurate.curation.metaclip import t_to_p
 
     entries = metadata.load_entries(args.entries)
     report: dict = {"entries": len(entries)}

@@ -35,8 +35,8 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image, ImageEnhance
 
-from pipelines.sampleweb import Sample, encode_jpeg, render_text
-from pipelines.stage import make_uid
+from clipcurate.pipelines.sampleweb import Sample, encode_jpeg, render_text
+from clipcurate.pipelines.stage import make_uid
 
 NOISE = {"mismatch": 0.22, "duplicate": 0.08, "text": 0.05, "foreign": 0.05, "broken": 0.04}
 CLEAN = "ok"
@@ -179,7 +179,7 @@ def _fashion_arrays(split: str, cache: dict) -> dict[int, np.ndarray]:
     """Fashion-MNIST images per label: the pool and trusted set draw from the train
     split (disjoint index ranges), the eval set from the test split."""
     if split not in cache:
-        from train.datasets import fashion_mnist
+        from clipcurate.train.datasets import fashion_mnist
 
         images, labels = fashion_mnist("train" if split != "test" else "test")
         if split == "pool":

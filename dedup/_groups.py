@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.stage import GlobalStage, Stage, ensure_columns, kept_mask, reject_rows
+from clipcurate.pipelines.stage import GlobalStage, Stage, ensure_columns, kept_mask, reject_rows
 
 SCORE = "clip_score"
 

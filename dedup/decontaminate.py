@@ -25,10 +25,10 @@ import pyarrow as pa
 import pyarrow.dataset as pds
 from pydantic import Field
 
-from dedup.minhash import jaccard, shingles
-from dedup.perceptual import hamming, image_hash
-from dedup.semantic import EMBEDDING, embeddings
-from pipelines.stage import Stage, StageConfig, kept_mask, reject_rows
+from clipcurate.dedup.minhash import jaccard, shingles
+from clipcurate.dedup.perceptual import hamming, image_hash
+from clipcurate.dedup.semantic import EMBEDDING, embeddings
+from clipcurate.pipelines.stage import Stage, StageConfig, kept_mask, reject_rows
 
 
 class DecontaminateConfig(StageConfig):

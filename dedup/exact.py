@@ -17,8 +17,8 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from dedup import _groups
-from pipelines.stage import StageConfig, ensure_columns, kept_mask, set_column
+from clipcurate.dedup import _groups
+from clipcurate.pipelines.stage import StageConfig, ensure_columns, kept_mask, set_column
 
 
 class ExactDedupConfig(StageConfig):

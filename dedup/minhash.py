@@ -44,9 +44,9 @@ import pyarrow.compute as pc
 from datasketch import MinHash, MinHashLSH
 from pydantic import Field, model_validator
 
-from dedup import _groups
-from dedup.perceptual import PHASH_RADIUS, hamming, hash_bands, image_hash
-from pipelines.stage import StageConfig, ensure_columns, kept_mask, set_column
+from clipcurate.dedup import _groups
+from clipcurate.dedup.perceptual import PHASH_RADIUS, hamming, hash_bands, image_hash
+from clipcurate.pipelines.stage import StageConfig, ensure_columns, kept_mask, set_column
 
 _SPACES = re.compile(r"\s+")
 _WORDS = re.compile(r"\w+")

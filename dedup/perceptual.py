@@ -35,8 +35,8 @@ import pyarrow as pa
 from PIL import Image
 from pydantic import Field
 
-from dedup import _groups
-from pipelines.stage import StageConfig, ensure_columns, kept_mask, set_column
+from clipcurate.dedup import _groups
+from clipcurate.pipelines.stage import StageConfig, ensure_columns, kept_mask, set_column
 
 HASH_BITS = 64
 DEFAULT_HASHES = ("phash", "dhash")  # measured by bench/perceptual_radius.py (module docstring)

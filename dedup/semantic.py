@@ -27,8 +27,8 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from dedup import _groups
-from pipelines.stage import StageConfig, unit_hash
+from clipcurate.dedup import _groups
+from clipcurate.pipelines.stage import StageConfig, unit_hash
 
 EMBEDDING = "clip_image_emb"
 MAX_POINTS_PER_CENTROID = 256  # faiss's default: more sample points barely move a centroid

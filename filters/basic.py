@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
-from pipelines.stage import Resources, Stage, StageConfig, kept_mask, reject_rows
+from clipcurate.pipelines.stage import Resources, Stage, StageConfig, kept_mask, reject_rows
 
 
 class BasicFilterConfig(StageConfig):

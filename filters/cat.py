@@ -25,9 +25,9 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from filters._cat_text import CaptionParser, load_parser
-from filters._ocr import TextSpotter, decode_bgr, ocr_overlap
-from pipelines.stage import Resources, Stage, StageConfig, ensure_columns, kept_mask, reject_rows, set_column
+from clipcurate.filters._cat_text import CaptionParser, load_parser
+from clipcurate.filters._ocr import TextSpotter, decode_bgr, ocr_overlap
+from clipcurate.pipelines.stage import Resources, Stage, StageConfig, ensure_columns, kept_mask, reject_rows, set_column
 
 
 class CatConfig(StageConfig):

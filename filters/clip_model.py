@@ -30,7 +30,7 @@ from typing import Any, Callable, NamedTuple
 import open_clip
 import torch
 
-from pipelines import fingerprint as fp
+from clipcurate.pipelines import fingerprint as fp
 
 CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_pytorch_model.bin"

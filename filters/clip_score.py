@@ -69,8 +69,8 @@ from PIL import Image
 from torchvision.transforms import Compose, Normalize, PILToTensor, ToTensor
 from pydantic import Field, model_validator
 
-from filters.clip_model import ClipModel, load_clip, model_config, model_fingerprint
-from pipelines.stage import GlobalStage, Resources, StageConfig, ensure_columns, kept_mask, reject_rows, set_column
+from clipcurate.filters.clip_model import ClipModel, load_clip, model_config, model_fingerprint
+from clipcurate.pipelines.stage import GlobalStage, Resources, StageConfig, ensure_columns, kept_mask, reject_rows, set_column
 
 HISTOGRAM_BINS = 80
 MODEL_KEY = b"clipcurate.model"  # field metadata: the fingerprint of the model that made a column

@@ -45,7 +45,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
-from pipelines.stage import Resources, Stage, StageConfig, ensure_columns, kept_mask, reject_rows, set_column
+from clipcurate.pipelines.stage import Resources, Stage, StageConfig, ensure_columns, kept_mask, reject_rows, set_column
 
 UNDETERMINED = "und"  # ISO 639-2 / BCP 47 code for "undetermined"
 TOP_K = 3  # guesses summed into lang_foreign_score

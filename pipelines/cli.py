@@ -11,19 +11,19 @@ import argparse
 import importlib
 import sys
 
-from pipelines.errors import UserError
+from clipcurate.pipelines.errors import UserError
 
 COMMANDS: dict[str, str] = {
-    "run": "pipelines.run_cli",
-    "demo": "pipelines.demo",
-    "retry": "pipelines.retry",
-    "train": "train.train_cli",
-    "eval": "train.eval_cli",
-    "audit": "curation.audit.cli",
-    "stats": "curation.audit.stats_cli",
-    "metadata": "curation.metadata_cli",
-    "ablate": "curation.ablate_cli",
-    "filter-model": "train.filter_model_cli",
+    "run": "clipcurate.pipelines.run_cli",
+    "demo": "clipcurate.pipelines.demo",
+    "retry": "clipcurate.pipelines.retry",
+    "train": "clipcurate.train.train_cli",
+    "eval": "clipcurate.train.eval_cli",
+    "audit": "clipcurate.curation.audit.cli",
+    "stats": "clipcurate.curation.audit.stats_cli",
+    "metadata": "clipcurate.curation.metadata_cli",
+    "ablate": "clipcurate.curation.ablate_cli",
+    "filter-model": "clipcurate.train.filter_model_cli",
 }
 
 SUMMARIES: dict[str, str] = {

@@ -22,10 +22,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.manifest import format_funnel
-from pipelines.recipe import load_recipe
-from pipelines.runner import RunOptions, run_pipeline
-from pipelines.sampleweb import SHAPES, SampleWeb, labeled_set, trusted_pairs
+from clipcurate.pipelines.manifest import format_funnel
+from clipcurate.pipelines.recipe import load_recipe
+from clipcurate.pipelines.runner import RunOptions, run_pipeline
+from clipcurate.pipelines.sampleweb import SHAPES, SampleWeb, labeled_set, trusted_pairs
 
 HELP = "Serve the local sample web and run the demo recipe end to end (about 3-5 minutes on 2 cores)."
 RECIPE = Path(__file__).parent / "recipes" / "demo.yaml"
@@ -42,7 +42,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from train.api import evaluate, train
+    from clipcurate.train.api import evaluate, train
 
     started = time.time()
     out = Path(args.output).resolve()
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         os.environ["CLIPCURATE_FILTER_MODEL"] = f"local-dir:{out / 'filter-model'}"
 
         _step(3, "MetaCLIP metadata from the pool's captions")
-        from pipelines.cli import main as curate
+        from clipcurate.pipelines.cli import main as curate
 
         curate(["metadata", "build", "--captions", pool, "--output", str(data / "metadata.json"),
                 "--no-wordnet", "--min-count", "5", "--min-pmi", "100"])
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     print(_score_report(out / "run"))
 
     _step(6, "audit")
-    from curation.audit.report import write_report
+    from clipcurate.curation.audit.report import write_report
 
     report = write_report(out / "run")
     print(f"report: {report.index}")

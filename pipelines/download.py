@@ -35,7 +35,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field, field_validator
 
-from pipelines.stage import Resources, Stage, StageConfig, kept_mask, reject_rows, set_column
+from clipcurate.pipelines.stage import Resources, Stage, StageConfig, kept_mask, reject_rows, set_column
 
 DIRECTIVES = ("noai", "noimageai", "noindex", "noimageindex")
 IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"RIFF", b"BM", b"II*\x00", b"MM\x00*", b"\x00\x00\x00")
@@ -94,7 +94,7 @@ class Download(Stage):
         return Resources(num_cpus=1, batch_size=self.config.batch_size)
 
     def setup(self) -> None:
-        from pipelines.fetch import Fetcher, FetchPolicy
+        from clipcurate.pipelines.fetch import Fetcher, FetchPolicy
 
         c = self.config
         self._resizer = _resizer_class()(

@@ -23,8 +23,8 @@ import time
 import uuid
 from datetime import datetime, timezone
 
-from pipelines.errors import UserError
-from pipelines.storage import Storage
+from clipcurate.pipelines.errors import UserError
+from clipcurate.pipelines.storage import Storage
 
 LOCK_FILE = "_lock.json"
 HEARTBEAT_S = 20.0

@@ -20,9 +20,9 @@ import json
 import posixpath
 from collections import Counter
 
-from pipelines.recipe import Recipe
-from pipelines.stage import REJECT, Stage
-from pipelines.storage import Storage
+from clipcurate.pipelines.recipe import Recipe
+from clipcurate.pipelines.stage import REJECT, Stage
+from clipcurate.pipelines.storage import Storage
 
 PACKAGES = ("clipcurate", "ray", "pyarrow", "polars", "img2dataset", "datasketch", "torch", "open_clip_torch",
             "pyahocorasick")

@@ -21,10 +21,10 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-from pipelines.errors import InputError
-from pipelines.recipe import InputConfig
-from pipelines.stage import REJECT, SAMPLE_SCHEMA, make_uid
-from pipelines.storage import Storage, is_uri
+from clipcurate.pipelines.errors import InputError
+from clipcurate.pipelines.recipe import InputConfig
+from clipcurate.pipelines.stage import REJECT, SAMPLE_SCHEMA, make_uid
+from clipcurate.pipelines.storage import Storage, is_uri
 
 FORMATS = {".parquet": "parquet", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".txt": "txt"}
 

@@ -15,9 +15,9 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from pipelines.errors import RecipeError
-from pipelines.registry import UnknownStage, stage_class
-from pipelines.stage import SAMPLE_SCHEMA, Stage
+from clipcurate.pipelines.errors import RecipeError
+from clipcurate.pipelines.registry import UnknownStage, stage_class
+from clipcurate.pipelines.stage import SAMPLE_SCHEMA, Stage
 
 WARN_REJECT_SHARE = 0.3
 

@@ -8,20 +8,20 @@ from __future__ import annotations
 
 import importlib
 
-from pipelines.stage import Stage
+from clipcurate.pipelines.stage import Stage
 
 STAGES: dict[str, str] = {
-    "download": "pipelines.download:Download",
-    "basic_filter": "filters.basic:BasicFilter",
-    "language_filter": "filters.language:LanguageFilter",
-    "clip_score": "filters.clip_score:ClipScore",
-    "cat_filter": "filters.cat:CatFilter",
-    "dedup_exact": "dedup.exact:ExactDedup",
-    "dedup_perceptual": "dedup.perceptual:PerceptualDedup",
-    "dedup_minhash": "dedup.minhash:MinHashDedup",
-    "dedup_semantic": "dedup.semantic:SemanticDedup",
-    "decontaminate": "dedup.decontaminate:Decontaminate",
-    "metaclip": "curation.metaclip:MetaClipBalance",
+    "download": "clipcurate.pipelines.download:Download",
+    "basic_filter": "clipcurate.filters.basic:BasicFilter",
+    "language_filter": "clipcurate.filters.language:LanguageFilter",
+    "clip_score": "clipcurate.filters.clip_score:ClipScore",
+    "cat_filter": "clipcurate.filters.cat:CatFilter",
+    "dedup_exact": "clipcurate.dedup.exact:ExactDedup",
+    "dedup_perceptual": "clipcurate.dedup.perceptual:PerceptualDedup",
+    "dedup_minhash": "clipcurate.dedup.minhash:MinHashDedup",
+    "dedup_semantic": "clipcurate.dedup.semantic:SemanticDedup",
+    "decontaminate": "clipcurate.dedup.decontaminate:Decontaminate",
+    "metaclip": "clipcurate.curation.metaclip:MetaClipBalance",
 }
 
 

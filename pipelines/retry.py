@@ -19,14 +19,14 @@ import json
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.errors import UserError
-from pipelines.fetch import is_transient
-from pipelines.lock import RunLock
-from pipelines.manifest import format_funnel, write_json_atomic
-from pipelines.recipe import parse_recipe
-from pipelines.runner import WORK, RunOptions, run_pipeline
-from pipelines.stage import REJECT
-from pipelines.storage import Storage
+from clipcurate.pipelines.errors import UserError
+from clipcurate.pipelines.fetch import is_transient
+from clipcurate.pipelines.lock import RunLock
+from clipcurate.pipelines.manifest import format_funnel, write_json_atomic
+from clipcurate.pipelines.recipe import parse_recipe
+from clipcurate.pipelines.runner import WORK, RunOptions, run_pipeline
+from clipcurate.pipelines.stage import REJECT
+from clipcurate.pipelines.storage import Storage
 
 HELP = (
     "Re-fetch only the samples of a finished run that failed for a transient reason (timeout, connect, "

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import os
 
-from pipelines.manifest import PROJECTION_FORMULA, format_funnel, format_projection, format_resume
-from pipelines.recipe import load_recipe
-from pipelines.runner import PREVIEW, RunOptions, run_pipeline, run_preview
+from clipcurate.pipelines.manifest import PROJECTION_FORMULA, format_funnel, format_projection, format_resume
+from clipcurate.pipelines.recipe import load_recipe
+from clipcurate.pipelines.runner import PREVIEW, RunOptions, run_pipeline, run_preview
 
 HELP = (
     "Run a recipe (YAML) over a URL + caption list and write shards/, rejects/ and manifest.json, "

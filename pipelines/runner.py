@@ -36,14 +36,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
-from pipelines import fingerprint as fp
-from pipelines.errors import UserError
-from pipelines.lock import LOCK_FILE, RunLock
-from pipelines.manifest import build_manifest, project_full_run, write_json_atomic
-from pipelines.readers import input_files, input_fingerprint, read_input_table, split_input
-from pipelines.recipe import Recipe
-from pipelines.stage import REJECT, GlobalStage, Resources, Stage, make_uid, set_column, unit_hash
-from pipelines.storage import Storage
+from clipcurate.pipelines import fingerprint as fp
+from clipcurate.pipelines.errors import UserError
+from clipcurate.pipelines.lock import LOCK_FILE, RunLock
+from clipcurate.pipelines.manifest import build_manifest, project_full_run, write_json_atomic
+from clipcurate.pipelines.readers import input_files, input_fingerprint, read_input_table, split_input
+from clipcurate.pipelines.recipe import Recipe
+from clipcurate.pipelines.stage import REJECT, GlobalStage, Resources, Stage, make_uid, set_column, unit_hash
+from clipcurate.pipelines.storage import Storage
 
 WORK = "_work"
 RUN_FILE = "run.json"  # the fingerprint of the run the unfinished work belongs to

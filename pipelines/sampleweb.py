@@ -173,7 +173,7 @@ def labeled_set(per_class: int = 40, seed: int = 1, size: int = 128) -> pa.Table
 
 def trusted_pairs(n: int = 600, seed: int = 2, size: int = 96) -> pa.Table:
     """Clean matched pairs in the shard format: the trusted set a DFN filter model trains on."""
-    from pipelines.stage import make_uid
+    from clipcurate.pipelines.stage import make_uid
 
     rng = np.random.default_rng(seed)
     rows = {"uid": [], "caption": [], "image": [], "width": [], "height": []}

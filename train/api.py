@@ -1,6 +1,6 @@
 """The Python API: ``train(...)`` a model on a run's shards, ``evaluate(...)`` a checkpoint.
 
-    from train.api import train, evaluate
+    from clipcurate.train.api import train, evaluate
     result = train("out/", model="clip-tiny", steps=200, batch_size=64, output="ckpt/", quiet=True)
     scores = evaluate("ckpt/", "labeled.parquet")   # {"zeroshot_top1": ..., ...}
     scores = evaluate("ckpt/", pairs="heldout.parquet")   # {"mismatch_auc": ..., "i2t_recall@1": ...}
@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from train.trainer import TrainConfig, TrainResult, fit
+from clipcurate.train.trainer import TrainConfig, TrainResult, fit
 
 
 def train(data: str | Path | list, model: str | Path = "clip-tiny", *, output: str | Path,
@@ -67,7 +67,7 @@ def evaluate(model: str | Path, data: str | Path | None = None, *, pairs: str | 
     pairs and ``mismatch_removed_at_keep95`` the share of mismatches it removes.
     ``templates`` are format strings such as ``"a photo of a {}."``.
     """
-    from train.evaluate import run_eval
+    from clipcurate.train.evaluate import run_eval
 
     return run_eval(model, data, pairs=pairs, templates=templates, batch_size=batch_size,
                     device=device, seed=seed, log=log)

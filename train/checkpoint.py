@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from pipelines.errors import UserError
-from train.model import WEIGHTS_FILE, save_tokenizer, unwrap, write_config
+from clipcurate.pipelines.errors import UserError
+from clipcurate.train.model import WEIGHTS_FILE, save_tokenizer, unwrap, write_config
 
 STATE_JSON = "train_state.json"
 STATE_TENSORS = "trainer_state.pt"

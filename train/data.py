@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
-from pipelines.errors import UserError
+from clipcurate.pipelines.errors import UserError
 
 COLUMNS = ("image", "caption")
 

@@ -25,8 +25,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
-from pipelines.errors import UserError
-from pipelines.stage import make_uid
+from clipcurate.pipelines.errors import UserError
+from clipcurate.pipelines.stage import make_uid
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 # Class names from the dataset's README (Xiao et al. 2017), in label order.

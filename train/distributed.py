@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from train.checkpoint import STATE_JSON
-from train.trainer import TrainConfig, TrainResult, fit_worker
+from clipcurate.train.checkpoint import STATE_JSON
+from clipcurate.train.trainer import TrainConfig, TrainResult, fit_worker
 
 
 def fit_with_ray(config: TrainConfig) -> TrainResult:

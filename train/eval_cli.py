@@ -30,8 +30,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from pipelines.errors import UserError
-    from train.api import evaluate
+    from clipcurate.pipelines.errors import UserError
+    from clipcurate.train.api import evaluate
 
     if args.data is None and args.pairs is None:
         raise UserError("give --data (labeled, zero-shot), --pairs (held-out pairs, mismatch_auc) or both")

@@ -31,9 +31,9 @@ from open_clip.hf_model import HFTextEncoder
 from open_clip.zero_shot_classifier import build_zero_shot_classifier
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 
-from pipelines.errors import UserError
-from train.data import decode_image
-from train.model import CONFIG_FILE, create, unwrap
+from clipcurate.pipelines.errors import UserError
+from clipcurate.train.data import decode_image
+from clipcurate.train.model import CONFIG_FILE, create, unwrap
 
 # A few of CLIP's ImageNet prompt templates (Radford et al. 2021, appendix) that suit any class.
 DEFAULT_TEMPLATES = ("a photo of a {}.", "a {}.", "a picture of a {}.", "an image of a {}.",
@@ -212,7 +212,7 @@ def mismatch_detection(image_features: torch.Tensor, text_features: torch.Tensor
 
     Features are normalized, one row per pair. See the module docstring for the figures.
     """
-    from train.datasets import other_label_partners
+    from clipcurate.train.datasets import other_label_partners
 
     n = len(image_features)
     if n < 2:

@@ -30,12 +30,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.errors import UserError
-from train import checkpoint
-from train.api import train
-from train.data import shard_files
-from train.evaluate import score_pairs
-from train.trainer import torch_threads
+from clipcurate.pipelines.errors import UserError
+from clipcurate.train import checkpoint
+from clipcurate.train.api import train
+from clipcurate.train.data import shard_files
+from clipcurate.train.evaluate import score_pairs
+from clipcurate.train.trainer import torch_threads
 
 # The measured recipe (bench/filter_model.py), the defaults of train_filter_model and the CLI.
 DEFAULTS = {"model": "lit-resnet-tiny", "steps": 300, "self_train_steps": 800, "self_train_top": 0.5,

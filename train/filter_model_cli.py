@@ -14,7 +14,7 @@ HELP = ("Train the filter model that the clip_score stage scores a pool with (DF
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    from train.filter_model import DEFAULTS
+    from clipcurate.train.filter_model import DEFAULTS
 
     parser.add_argument("--trusted", required=True, nargs="+",
                         help="trusted pairs: a run dir, shards dir, glob or parquet files with image + caption")
@@ -53,9 +53,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from pipelines.errors import UserError
-    from train.api import evaluate
-    from train.filter_model import train_filter_model
+    from clipcurate.pipelines.errors import UserError
+    from clipcurate.train.api import evaluate
+    from clipcurate.train.filter_model import train_filter_model
 
     def one_or_many(values):
         return values if values is None or len(values) > 1 else values[0]

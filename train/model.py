@@ -31,7 +31,7 @@ from open_clip.tokenizer import DEFAULT_CONTEXT_LENGTH, HFTokenizer
 from open_clip.transform import AugmentationCfg, PreprocessCfg, image_transform_v2
 from torchvision.transforms import RandomHorizontalFlip, RandomResizedCrop
 
-from pipelines.errors import UserError
+from clipcurate.pipelines.errors import UserError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 CONFIG_FILE = "open_clip_config.json"

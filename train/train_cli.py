@@ -62,8 +62,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from pipelines.errors import UserError
-    from train.api import train
+    from clipcurate.pipelines.errors import UserError
+    from clipcurate.train.api import train
 
     try:
         result = train(args.data if len(args.data) > 1 else args.data[0], args.model, output=args.output,

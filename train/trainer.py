@@ -24,10 +24,10 @@ from open_clip.loss import ClipLoss, SigLipLoss
 from open_clip_train.scheduler import cosine_lr
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from pipelines.errors import UserError
-from train import checkpoint
-from train.data import ShardStream, loader, shard_files
-from train.model import create, unwrap
+from clipcurate.pipelines.errors import UserError
+from clipcurate.train import checkpoint
+from clipcurate.train.data import ShardStream, loader, shard_files
+from clipcurate.train.model import create, unwrap
 
 LOG_FILE = "train_log.jsonl"
 
@@ -179,7 +179,7 @@ def build_optimizer(model, config: TrainConfig) -> torch.optim.AdamW:
 def fit(config: TrainConfig) -> TrainResult:
     """Run training in this process, or under Ray Train when ``ray_workers > 1``."""
     if config.ray_workers > 1:
-        from train.distributed import fit_with_ray
+        from clipcurate.train.distributed import fit_with_ray
 
         return fit_with_ray(config)
     return fit_worker(config)

@@ -13,16 +13,16 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "write_report": "curation.audit.report",
-    "compute_stats": "curation.audit.stats",
-    "key_numbers": "curation.audit.stats",
-    "compare_runs": "curation.audit.stats",
-    "open_run": "curation.audit.stats",
+    "write_report": "clipcurate.curation.audit.report",
+    "compute_stats": "clipcurate.curation.audit.stats",
+    "key_numbers": "clipcurate.curation.audit.stats",
+    "compare_runs": "clipcurate.curation.audit.stats",
+    "open_run": "clipcurate.curation.audit.stats",
 }
 __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str):
     if name not in _EXPORTS:
-        raise AttributeError(f"module 'curation.audit' has no attribute {name!r}")
+        raise AttributeError(f"module 'clipcurate.curation.audit' has no attribute {name!r}")
     return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -6,7 +6,7 @@ import argparse
 import sys
 import webbrowser
 
-from curation.audit.report import write_report
+from clipcurate.curation.audit.report import write_report
 
 HELP = (
     "Write OUT/report/index.html: plots of a run's funnel (rows in, kept, rejected by reason), "

@@ -18,10 +18,10 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from curation.audit.plots import make_plots
-from curation.audit.stats import compare_runs, compute_stats, open_run
-from curation.audit.thumbnails import Card, sample_cards
-from pipelines.manifest import format_resume
+from clipcurate.curation.audit.plots import make_plots
+from clipcurate.curation.audit.stats import compare_runs, compute_stats, open_run
+from clipcurate.curation.audit.thumbnails import Card, sample_cards
+from clipcurate.pipelines.manifest import format_resume
 
 ASSETS = "assets"
 

@@ -24,9 +24,9 @@ from pathlib import Path
 import polars as pl
 import pyarrow.parquet as pq
 
-from pipelines.errors import UserError
-from pipelines.manifest import flag_stages
-from pipelines.recipe import WARN_REJECT_SHARE
+from clipcurate.pipelines.errors import UserError
+from clipcurate.pipelines.manifest import flag_stages
+from clipcurate.pipelines.recipe import WARN_REJECT_SHARE
 
 BASE_COLUMNS = ("uid", "url", "caption", "image", "width", "height", "reject")
 KNOWN_COLUMNS = frozenset(BASE_COLUMNS) | {"clip_score", "lang", "metaclip_entries"}

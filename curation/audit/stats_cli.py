@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from curation.audit.stats import compute_stats, key_numbers
+from clipcurate.curation.audit.stats import compute_stats, key_numbers
 
 HELP = (
     "Print a run's key numbers: rows in/kept/rejected, each stage's effect, rejection reasons, "

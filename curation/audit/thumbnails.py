@@ -19,7 +19,7 @@ from pathlib import Path
 import polars as pl
 from PIL import Image, UnidentifiedImageError
 
-from curation.audit.stats import Run
+from clipcurate.curation.audit.stats import Run
 
 THUMB_PX = 176
 

@@ -11,7 +11,7 @@ import os
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.stage import GlobalStage, Resources, Stage, reject_rows, set_column
+from clipcurate.pipelines.stage import GlobalStage, Resources, Stage, reject_rows, set_column
 
 
 def _node_id() -> str:

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.runner import CPU_NODE_RESOURCE, CPU_NODE_SHARE, RayExecutor
-from pipelines.stage import Resources, Stage
+from clipcurate.pipelines.runner import CPU_NODE_RESOURCE, CPU_NODE_SHARE, RayExecutor
+from clipcurate.pipelines.stage import Resources, Stage
 
 
 class Model(Stage):

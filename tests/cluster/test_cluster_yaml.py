@@ -11,7 +11,7 @@ import pytest
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-from pipelines.runner import CPU_NODE_RESOURCE
+from clipcurate.pipelines.runner import CPU_NODE_RESOURCE
 
 CLUSTER_YAML = Path(__file__).resolve().parents[2] / "cluster.yaml"
 

@@ -24,9 +24,9 @@ import pytest
 import ray
 
 import cluster_stages
-from pipelines.recipe import parse_recipe
-from pipelines.runner import CPU_NODE_RESOURCE, RunOptions, run_pipeline
-from pipelines.sampleweb import SampleWeb
+from clipcurate.pipelines.recipe import parse_recipe
+from clipcurate.pipelines.runner import CPU_NODE_RESOURCE, RunOptions, run_pipeline
+from clipcurate.pipelines.sampleweb import SampleWeb
 
 ray.cloudpickle.register_pickle_by_value(cluster_stages)
 
@@ -194,7 +194,7 @@ def test_a_killed_driver_reruns_and_resumes(cluster, embedded, pool, web, tmp_pa
     recipe = tmp_path / "recipe.json"
     recipe.write_text(json.dumps(DOWNLOAD_ONLY))
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "pipelines.cli", "run", str(recipe), "--input", pool, "--output", str(out),
+    cmd = [sys.executable, "-m", "clipcurate.pipelines.cli", "run", str(recipe), "--input", pool, "--output", str(out),
            "--address", cluster.cluster.address, "--no-progress"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     phase1 = out / "_work" / "phase1"

@@ -18,10 +18,10 @@ import pyarrow.parquet as pq
 import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
-from pipelines.errors import UserError
-from pipelines.recipe import parse_recipe
-from pipelines.runner import RunOptions, run_pipeline
-from pipelines.storage import Storage
+from clipcurate.pipelines.errors import UserError
+from clipcurate.pipelines.recipe import parse_recipe
+from clipcurate.pipelines.runner import RunOptions, run_pipeline
+from clipcurate.pipelines.storage import Storage
 
 RECIPE = {
     "name": "captions",

@@ -9,13 +9,13 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-import filters.clip_score as clip_score_module
-from curation.ablate import load_experiment, plan_variants, run_ablation
-from curation.pools import make_pool
-from pipelines.errors import UserError
-from pipelines.runner import RunOptions
-from pipelines.sampleweb import SampleWeb
-from train.api import train
+import clipcurate.filters.clip_score as clip_score_module
+from clipcurate.curation.ablate import load_experiment, plan_variants, run_ablation
+from clipcurate.curation.pools import make_pool
+from clipcurate.pipelines.errors import UserError
+from clipcurate.pipelines.runner import RunOptions
+from clipcurate.pipelines.sampleweb import SampleWeb
+from clipcurate.train.api import train
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +110,7 @@ def test_truth_counts_a_picture_kept_through_any_copy(tmp_path):
     original loses no clean picture, and a second kept copy is kept noise."""
     import pyarrow as pa
 
-    from curation.ablate import TruthSpec, _truth_figures
+    from clipcurate.curation.ablate import TruthSpec, _truth_figures
 
     def shards(name, rows):
         (tmp_path / name / "shards").mkdir(parents=True)

@@ -19,10 +19,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from curation.audit.stats import compute_stats, open_run
-from curation.audit.synthetic import write_synthetic_run
-from curation.audit.thumbnails import THUMB_PX, _fetch_images
-from pipelines.cli import main as curate
+from clipcurate.curation.audit.stats import compute_stats, open_run
+from clipcurate.curation.audit.synthetic import write_synthetic_run
+from clipcurate.curation.audit.thumbnails import THUMB_PX, _fetch_images
+from clipcurate.pipelines.cli import main as curate
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -224,7 +224,7 @@ def test_a_million_rows_in_under_a_minute_and_bounded_memory(tmp_path):
     run = write_synthetic_run(tmp_path / "million", 1_000_000, seed=11)
     # peak RSS by polling the child (its own ru_maxrss would include this forked parent's pages)
     started = time.perf_counter()
-    child = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "audit", str(run.out), "--strict"],
+    child = subprocess.Popen([sys.executable, "-m", "clipcurate.pipelines.cli", "audit", str(run.out), "--strict"],
                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env={**os.environ, "PYTHONPATH": str(REPO)})
     watched = psutil.Process(child.pid)

@@ -11,8 +11,8 @@ import shutil
 
 import pytest
 
-from curation.audit.report import write_report
-from curation.audit.synthetic import write_synthetic_run
+from clipcurate.curation.audit.report import write_report
+from clipcurate.curation.audit.synthetic import write_synthetic_run
 
 CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run",

@@ -7,9 +7,9 @@ from collections import Counter
 
 import pyarrow.parquet as pq
 
-from pipelines.cli import main as curate
-from pipelines.recipe import parse_recipe
-from pipelines.runner import RunOptions, run_pipeline
+from clipcurate.pipelines.cli import main as curate
+from clipcurate.pipelines.recipe import parse_recipe
+from clipcurate.pipelines.runner import RunOptions, run_pipeline
 
 RECIPE = {
     "name": "audit-e2e",

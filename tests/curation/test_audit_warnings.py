@@ -8,11 +8,11 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curation.audit.stats import compute_stats
-from curation.audit.synthetic import write_synthetic_run
-from pipelines.cli import main as curate
-from pipelines.recipe import parse_recipe
-from pipelines.runner import RunOptions, run_pipeline
+from clipcurate.curation.audit.stats import compute_stats
+from clipcurate.curation.audit.synthetic import write_synthetic_run
+from clipcurate.pipelines.cli import main as curate
+from clipcurate.pipelines.recipe import parse_recipe
+from clipcurate.pipelines.runner import RunOptions, run_pipeline
 
 
 def _run(tmp_path, short_share: float) -> tuple:

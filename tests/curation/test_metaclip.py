@@ -13,9 +13,9 @@ import pytest
 import ray
 from pydantic import ValidationError
 
-from curation.metaclip import MetaClipBalance, entry_probs, p_to_t, t_to_p
-from pipelines.runner import kept_rows
-from pipelines.stage import make_uid
+from clipcurate.curation.metaclip import MetaClipBalance, entry_probs, p_to_t, t_to_p
+from clipcurate.pipelines.runner import kept_rows
+from clipcurate.pipelines.stage import make_uid
 
 N_ENTRIES = 2000
 N_CAPTIONS = 100_000
@@ -310,8 +310,8 @@ def test_run_pipeline_writes_balanced_shards_and_entry_counts(ray_session, tmp_p
     """Through the engine on Ray: the stage ships to workers, matches there, fits once."""
     import pyarrow.parquet as pq
 
-    from pipelines.recipe import parse_recipe
-    from pipelines.runner import RunOptions, run_pipeline
+    from clipcurate.pipelines.recipe import parse_recipe
+    from clipcurate.pipelines.runner import RunOptions, run_pipeline
 
     captions = pool.column("caption").to_pylist()[:6000]
     source = tmp_path / "input.parquet"

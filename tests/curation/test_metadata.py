@@ -9,10 +9,10 @@ import random
 import pyarrow as pa
 import pytest
 
-from curation import metadata
-from curation.metadata import EntryMatcher, cached_matcher, joined_spacing, load_entries, spacing
-from pipelines.cli import main as curate
-from pipelines.errors import InputError
+from clipcurate.curation import metadata
+from clipcurate.curation.metadata import EntryMatcher, cached_matcher, joined_spacing, load_entries, spacing
+from clipcurate.pipelines.cli import main as curate
+from clipcurate.pipelines.errors import InputError
 
 # Entries that are prefixes/suffixes/infixes of each other, hold punctuation or
 # whitespace (some can never match under the rule), differ only in case, or are unicode.

@@ -3,7 +3,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dedup.decontaminate import Decontaminate
+from clipcurate.dedup.decontaminate import Decontaminate
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 import numpy as np
 
-from dedup.exact import ExactDedup
+from clipcurate.dedup.exact import ExactDedup
 
 
 def test_same_pixels_in_other_containers_are_duplicates(run_global, make_pool, images, reasons_of):

@@ -4,9 +4,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from dedup import _groups
-from dedup.minhash import MinHashDedup, jaccard, shingles
-from dedup.perceptual import hamming
+from clipcurate.dedup import _groups
+from clipcurate.dedup.minhash import MinHashDedup, jaccard, shingles
+from clipcurate.dedup.perceptual import hamming
 
 WORDS = (
     "red blue green vintage leather wooden modern summer dress chair table lamp garden beach "

@@ -2,7 +2,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from dedup.perceptual import PerceptualDedup, _band_layout, hamming
+from clipcurate.dedup.perceptual import PerceptualDedup, _band_layout, hamming
 
 
 def test_reencodes_resizes_and_crops_are_grouped(run_global, make_pool, images, reasons_of):
@@ -113,7 +113,7 @@ def test_look_alike_products_are_kept_at_the_default_radius(run_global, make_poo
     their dHashes differ more (a JPEG re-encode of one is still its duplicate)."""
     from PIL import Image
 
-    from train.datasets import FASHION_MNIST_DIR, fashion_mnist
+    from clipcurate.train.datasets import FASHION_MNIST_DIR, fashion_mnist
 
     try:
         items, labels = fashion_mnist("test", root=FASHION_MNIST_DIR)

@@ -4,12 +4,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.stage import make_uid
+from clipcurate.pipelines.stage import make_uid
 
 
 def test_minhash_through_run_pipeline_ray_and_inline(ray_local, tmp_path):
-    from pipelines.recipe import parse_recipe
-    from pipelines.runner import RunOptions, run_pipeline
+    from clipcurate.pipelines.recipe import parse_recipe
+    from clipcurate.pipelines.runner import RunOptions, run_pipeline
 
     rng = np.random.default_rng(0)
     words = [f"w{i}" for i in range(5000)]

@@ -1,7 +1,7 @@
 import numpy as np
 import pyarrow as pa
 
-from dedup.semantic import SemanticDedup, greedy_semdedup, split_oversize
+from clipcurate.dedup.semantic import SemanticDedup, greedy_semdedup, split_oversize
 
 
 def planted(n_base: int, dim: int, seed: int):

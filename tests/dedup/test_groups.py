@@ -5,7 +5,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from dedup import _groups
+from clipcurate.dedup import _groups
 
 
 def bucket_shard(values: np.ndarray) -> pa.Table:

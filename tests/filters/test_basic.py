@@ -6,7 +6,7 @@ import pyarrow as pa
 import pydantic
 import pytest
 
-from filters.basic import BasicFilter
+from clipcurate.filters.basic import BasicFilter
 
 ROWS = [
     # uid, caption, width, height, expected reject

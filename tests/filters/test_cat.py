@@ -12,9 +12,9 @@ import skimage.data
 from PIL import Image, ImageDraw, ImageFont
 from pydantic import ValidationError
 
-from filters._ocr import caption_terms, ocr_overlap
-from filters.cat import CatFilter
-from pipelines.registry import stage_class
+from clipcurate.filters._ocr import caption_terms, ocr_overlap
+from clipcurate.filters.cat import CatFilter
+from clipcurate.pipelines.registry import stage_class
 
 
 def table(captions, images=None, rejects=None) -> pa.Table:
@@ -282,9 +282,9 @@ def test_through_the_pipeline_text_spotting_catches_the_sign_images(tmp_path):
     """
     import pyarrow.parquet as pq
 
-    from pipelines.recipe import parse_recipe
-    from pipelines.runner import RunOptions, run_pipeline
-    from pipelines.sampleweb import SampleWeb
+    from clipcurate.pipelines.recipe import parse_recipe
+    from clipcurate.pipelines.runner import RunOptions, run_pipeline
+    from clipcurate.pipelines.sampleweb import SampleWeb
 
     recipe, stages = parse_recipe({
         "name": "cat-test",

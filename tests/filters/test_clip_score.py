@@ -24,9 +24,9 @@ import torch
 from open_clip.loss import ClipLoss
 from PIL import Image, ImageDraw
 
-from filters.clip_model import load_clip, save_checkpoint
-from filters.clip_score import ClipScore
-from pipelines.stage import GlobalStage
+from clipcurate.filters.clip_model import load_clip, save_checkpoint
+from clipcurate.filters.clip_score import ClipScore
+from clipcurate.pipelines.stage import GlobalStage
 
 TINY_CLIP = {
     "embed_dim": 32,
@@ -259,8 +259,8 @@ def test_config_is_validated():
 
 def test_through_the_runner_with_ray(checkpoint, ray_local, sample_web, tmp_path):
     """download -> basic_filter -> clip_score(keep_top) on the local sample web, on Ray."""
-    from pipelines.recipe import parse_recipe
-    from pipelines.runner import RunOptions, run_pipeline
+    from clipcurate.pipelines.recipe import parse_recipe
+    from clipcurate.pipelines.runner import RunOptions, run_pipeline
 
     recipe, stages = parse_recipe(
         {
@@ -290,7 +290,7 @@ def test_through_the_runner_with_ray(checkpoint, ray_local, sample_web, tmp_path
 
 def test_gpu_split_transform_matches_open_clip_preprocess(checkpoint):
     """On GPU the decode threads stop at uint8 and normalise on the device: same pixels."""
-    from filters.clip_score import _split_transform
+    from clipcurate.filters.clip_score import _split_transform
 
     preprocess = load_clip(str(checkpoint)).preprocess
     cpu_part, (mean, std) = _split_transform(preprocess, torch.device("cpu"))
@@ -325,7 +325,7 @@ def test_scores_from_the_same_model_are_reused(checkpoint, tmp_path, monkeypatch
     assert metadata[b"clipcurate.model"].startswith(str(checkpoint).encode())
     pq.write_table(scored, tmp_path / "scored.parquet")  # the fingerprint survives parquet
     scored = pq.read_table(tmp_path / "scored.parquet")
-    monkeypatch.setattr("filters.clip_score.ClipScore._load", lambda self: pytest.fail("model loaded again"))
+    monkeypatch.setattr("clipcurate.filters.clip_score.ClipScore._load", lambda self: pytest.fail("model loaded again"))
     again = ClipScore(model=str(checkpoint), min_score=0.0)(scored)
     np.testing.assert_array_equal(again.column("clip_score").to_numpy(), scored.column("clip_score").to_numpy())
     other = scored.replace_schema_metadata(None).cast(pa.schema(

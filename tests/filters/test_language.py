@@ -10,7 +10,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from filters.language import LanguageFilter
+from clipcurate.filters.language import LanguageFilter
 
 SAMPLE = Path(__file__).parent / "data" / "language_captions.tsv"  # written by bench/language.py --write-sample
 

@@ -10,16 +10,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.errors import InputError, RecipeError
-from pipelines.readers import read_input_table, split_input
-from pipelines.recipe import InputConfig, check_columns, load_recipe, parse_recipe
-from pipelines.stage import Stage
+from clipcurate.pipelines.errors import InputError, RecipeError
+from clipcurate.pipelines.readers import read_input_table, split_input
+from clipcurate.pipelines.recipe import InputConfig, check_columns, load_recipe, parse_recipe
+from clipcurate.pipelines.stage import Stage
 
 ROWS = [("http://a.example/1.jpg", "a red circle"), ("http://a.example/2.jpg", "a blue square")]
 
 
 def _curate(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True, cwd=cwd)
+    return subprocess.run([sys.executable, "-m", "clipcurate.pipelines.cli", *args], capture_output=True, text=True, cwd=cwd)
 
 
 @pytest.mark.parametrize("suffix", ["parquet", "csv", "tsv", "jsonl"])

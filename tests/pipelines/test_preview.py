@@ -12,8 +12,8 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.cli import main as curate
-from pipelines.stage import make_uid, unit_hash
+from clipcurate.pipelines.cli import main as curate
+from clipcurate.pipelines.stage import make_uid, unit_hash
 
 ROWS = 1000
 RECIPE = """name: preview-test

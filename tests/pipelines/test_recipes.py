@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.recipe import load_recipe
+from clipcurate.pipelines.recipe import load_recipe
 
 RECIPES = sorted((Path(__file__).parents[2] / "pipelines" / "recipes").glob("*.yaml"))
 

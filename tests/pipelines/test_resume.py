@@ -14,13 +14,13 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines import fingerprint as fp
-from pipelines.errors import InputError, UserError
-from pipelines.lock import LOCK_FILE, RunLock
-from pipelines.recipe import parse_recipe
-from pipelines.runner import InlineExecutor, RunOptions, run_pipeline
-from pipelines.sampleweb import SampleWeb
-from pipelines.storage import Storage
+from clipcurate.pipelines import fingerprint as fp
+from clipcurate.pipelines.errors import InputError, UserError
+from clipcurate.pipelines.lock import LOCK_FILE, RunLock
+from clipcurate.pipelines.recipe import parse_recipe
+from clipcurate.pipelines.runner import InlineExecutor, RunOptions, run_pipeline
+from clipcurate.pipelines.sampleweb import SampleWeb
+from clipcurate.pipelines.storage import Storage
 
 DOWNLOAD = {"download": {"image_size": 48, "timeout": 5, "allow_private_networks": True}}
 
@@ -139,8 +139,8 @@ def test_changed_input_is_refused_never_mixed(web, tmp_path, monkeypatch):
 def test_a_filter_model_retrained_in_place_is_another_stage(tmp_path):
     """A checkpoint folder's bytes are part of the stage's fingerprint, for the runner and
     for the ablation's shared segments alike."""
-    from curation.ablate import _segment_key
-    from filters.clip_score import ClipScore
+    from clipcurate.curation.ablate import _segment_key
+    from clipcurate.filters.clip_score import ClipScore
 
     model = tmp_path / "filter"
     model.mkdir()
@@ -161,7 +161,7 @@ def test_a_second_run_on_a_busy_output_refuses_at_once(tmp_path):
     with SampleWeb(n=40, seed=2, delay=0.15) as slow:
         pool = slow.write_pool(str(tmp_path / "pool.parquet"))
         out = tmp_path / "out"
-        cmd = [sys.executable, "-m", "pipelines.cli", "run", str(recipe), "--input", pool, "--output", str(out),
+        cmd = [sys.executable, "-m", "clipcurate.pipelines.cli", "run", str(recipe), "--input", pool, "--output", str(out),
                "--no-progress", "--inline"]
         first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         deadline = time.time() + 60
@@ -202,8 +202,8 @@ def test_a_retrained_filter_model_rescores_on_resume(web, tmp_path, monkeypatch)
     rerun: the scores are the new model's (equal to a fresh run), nothing is fetched."""
     import pyarrow as pa
 
-    from pipelines.sampleweb import trusted_pairs
-    from train.api import train
+    from clipcurate.pipelines.sampleweb import trusted_pairs
+    from clipcurate.train.api import train
 
     (tmp_path / "trusted").mkdir()
     pq.write_table(trusted_pairs(64), tmp_path / "trusted" / "part-00000.parquet")

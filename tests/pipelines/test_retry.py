@@ -14,9 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from hostile_web import HostileWeb, hang, image, jpeg, status
-from pipelines.cli import main as curate
-from pipelines.recipe import parse_recipe
-from pipelines.runner import RunOptions, run_pipeline
+from clipcurate.pipelines.cli import main as curate
+from clipcurate.pipelines.recipe import parse_recipe
+from clipcurate.pipelines.runner import RunOptions, run_pipeline
 
 ROBOTS = b"User-agent: *\nDisallow: /private/\n"
 
@@ -73,12 +73,12 @@ def test_retry_recovers_only_transient_failures(tmp_path, capsys, monkeypatch):
             assert "5 samples failed transiently" in capsys.readouterr().out
             assert (out / "manifest.json").exists()
             # interrupted after the phase-1 blocks were rewritten: running it again resumes
-            import pipelines.retry
+            import clipcurate.pipelines.retry
 
             def interrupted(*args, **kwargs):
                 raise KeyboardInterrupt
 
-            monkeypatch.setattr(pipelines.retry, "run_pipeline", interrupted)
+            monkeypatch.setattr(clipcurate.pipelines.retry, "run_pipeline", interrupted)
             with pytest.raises(KeyboardInterrupt):
                 curate(["retry", str(out), "--inline", "--no-progress"])
             assert not (out / "manifest.json").exists() and (out / "_work" / "retry.json").exists()

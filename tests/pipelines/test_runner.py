@@ -12,9 +12,9 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.recipe import parse_recipe
-from pipelines.runner import RunOptions, run_pipeline
-from pipelines.sampleweb import SampleWeb
+from clipcurate.pipelines.recipe import parse_recipe
+from clipcurate.pipelines.runner import RunOptions, run_pipeline
+from clipcurate.pipelines.sampleweb import SampleWeb
 
 RECIPE = {
     "name": "test",
@@ -92,7 +92,7 @@ def test_sigkill_in_phase_one_then_rerun_resumes(tmp_path):
     with SampleWeb(n=160, seed=3, delay=0.05) as web:
         pool = web.write_pool(str(tmp_path / "pool.parquet"))
         out = tmp_path / "out"
-        cmd = [sys.executable, "-m", "pipelines.cli", "run", str(recipe), "--input", pool,
+        cmd = [sys.executable, "-m", "clipcurate.pipelines.cli", "run", str(recipe), "--input", pool,
                "--output", str(out), "--no-progress", "--num-cpus", "2"]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         phase1 = out / "_work" / "phase1"

@@ -9,9 +9,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.recipe import Recipe
-from pipelines.runner import RunOptions, run_pipeline
-from pipelines.stage import Stage
+from clipcurate.pipelines.recipe import Recipe
+from clipcurate.pipelines.runner import RunOptions, run_pipeline
+from clipcurate.pipelines.stage import Stage
 
 
 class Drops(Stage):

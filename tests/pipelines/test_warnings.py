@@ -13,11 +13,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.errors import RecipeError, UserError
-from pipelines.manifest import format_funnel
-from pipelines.recipe import Recipe, parse_recipe
-from pipelines.runner import RunOptions, run_pipeline, run_preview
-from pipelines.stage import Resources, Stage, StageConfig, reject_rows, unit_hash
+from clipcurate.pipelines.errors import RecipeError, UserError
+from clipcurate.pipelines.manifest import format_funnel
+from clipcurate.pipelines.recipe import Recipe, parse_recipe
+from clipcurate.pipelines.runner import RunOptions, run_pipeline, run_preview
+from clipcurate.pipelines.stage import Resources, Stage, StageConfig, reject_rows, unit_hash
 
 ROWS, BATCH, SLEEP = 400, 50, 0.02
 

@@ -11,7 +11,7 @@ import json
 import pytest
 import torch
 
-from train import datasets
+from clipcurate.train import datasets
 
 MICRO_CONFIG = {
     "embed_dim": 32,

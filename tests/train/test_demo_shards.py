@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pyarrow.parquet as pq
 
-from pipelines.recipe import parse_recipe
-from pipelines.runner import RunOptions, run_pipeline
-from pipelines.sampleweb import SHAPES, SampleWeb, labeled_set
-from train.api import evaluate, train
+from clipcurate.pipelines.recipe import parse_recipe
+from clipcurate.pipelines.runner import RunOptions, run_pipeline
+from clipcurate.pipelines.sampleweb import SHAPES, SampleWeb, labeled_set
+from clipcurate.train.api import evaluate, train
 
 
 def test_tiny_clip_on_demo_shards_beats_twice_chance(tmp_path):

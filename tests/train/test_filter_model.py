@@ -11,11 +11,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from train import datasets
-from train.api import evaluate, train
-from train.data import ShardStream, _read_unit, shard_files
-from train.evaluate import mismatch_detection, pair_scores, roc_auc
-from train.model import create
+from clipcurate.train import datasets
+from clipcurate.train.api import evaluate, train
+from clipcurate.train.data import ShardStream, _read_unit, shard_files
+from clipcurate.train.evaluate import mismatch_detection, pair_scores, roc_auc
+from clipcurate.train.model import create
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +158,7 @@ def test_eval_pairs_only_reports_mismatch_auc(fashion_pairs, micro_config, tmp_p
 
 
 def test_recommended_train_and_eval_commands_report_mismatch_auc(fashion_pairs, tmp_path, capsys):
-    from pipelines.cli import main
+    from clipcurate.pipelines.cli import main
 
     out = tmp_path / "filter-model"
     code = main(["train", "--data", str(fashion_pairs / "trusted"), "--model", "lit-resnet-tiny", "--lock-text",
@@ -179,9 +179,9 @@ def test_filter_model_command_self_trains_on_the_pools_best_half(fashion_pairs, 
 
     import open_clip
 
-    from train import filter_model_cli
-    from train.evaluate import score_pairs
-    from train.filter_model import read_pairs
+    from clipcurate.train import filter_model_cli
+    from clipcurate.train.evaluate import score_pairs
+    from clipcurate.train.filter_model import read_pairs
 
     out = tmp_path / "fm"
     parser = argparse.ArgumentParser()
@@ -206,8 +206,8 @@ def test_filter_model_command_self_trains_on_the_pools_best_half(fashion_pairs, 
     model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{out}")  # what clip_score loads
     assert preprocess(datasets.product_photos(np.zeros((1, 28, 28), np.uint8))[0]).shape == (3, 32, 32)
 
-    from pipelines.errors import UserError
-    from train.filter_model import train_filter_model
+    from clipcurate.pipelines.errors import UserError
+    from clipcurate.train.filter_model import train_filter_model
 
     with pytest.raises(UserError, match="already holds a filter model"):
         train_filter_model(fashion_pairs / "trusted", output=out, steps=1)

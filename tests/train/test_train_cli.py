@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from pipelines.cli import main
+from clipcurate.pipelines.cli import main
 
 
 def test_curate_train_then_eval(shapes_run, micro_config, tmp_path, capsys):

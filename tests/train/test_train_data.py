@@ -6,8 +6,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pipelines.errors import UserError
-from train.data import ShardStream, loader, plan_units, shard_files
+from clipcurate.pipelines.errors import UserError
+from clipcurate.train.data import ShardStream, loader, plan_units, shard_files
 
 
 @pytest.fixture(scope="module")
@@ -15,7 +15,7 @@ def numbered_run(tmp_path_factory):
     """500 rows captioned "row N" (unique), 2 shards with row groups of 60."""
     from PIL import Image
 
-    from train import datasets
+    from clipcurate.train import datasets
 
     root = tmp_path_factory.mktemp("numbered")
     images = [Image.new("RGB", (8, 8), (i % 256, 0, 0)) for i in range(500)]
@@ -128,7 +128,7 @@ def test_resume_from_a_position_continues_the_same_sequence(shapes_run):
 
 
 def test_epochs_are_reshuffled_and_augmentation_is_seeded_by_position(shapes_run, micro_config):
-    from train.model import create
+    from clipcurate.train.model import create
 
     run = shapes_run / "run"
     stream = _stream(run)

@@ -9,8 +9,8 @@ import open_clip
 import torch
 from open_clip.tokenizer import HFTokenizer
 
-from train.api import train
-from train.model import create
+from clipcurate.train.api import train
+from clipcurate.train.model import create
 
 
 def test_lit_locks_the_text_tower_and_reloads_in_plain_open_clip(shapes_run, tmp_path):

@@ -9,12 +9,12 @@ import pytest
 import torch
 from open_clip.loss import ClipLoss
 
-from pipelines.errors import UserError
-from train import checkpoint
-from train.api import evaluate, train
-from train.data import decode_image
-from train.model import create
-from train.trainer import TrainConfig, TrainStep, build_loss, build_optimizer
+from clipcurate.pipelines.errors import UserError
+from clipcurate.train import checkpoint
+from clipcurate.train.api import evaluate, train
+from clipcurate.train.data import decode_image
+from clipcurate.train.model import create
+from clipcurate.train.trainer import TrainConfig, TrainStep, build_loss, build_optimizer
 
 
 def test_tiny_clip_on_shapes_shards_beats_twice_chance_zero_shot(shapes_run, tmp_path):
@@ -73,7 +73,7 @@ def test_checkpoint_loads_in_plain_open_clip_with_identical_embeddings(shapes_ru
 
 
 def test_grad_accumulation_step_equals_the_full_batch_step(shapes_run, micro_config):
-    from train.data import ShardStream, shard_files
+    from clipcurate.train.data import ShardStream, shard_files
 
     bundle = create(micro_config)
     stream = ShardStream(shard_files(shapes_run / "run"), preprocess=bundle.preprocess_train,
@@ -96,7 +96,7 @@ def test_grad_accumulation_step_equals_the_full_batch_step(shapes_run, micro_con
 
 
 def test_our_step_loss_is_open_clip_clip_loss(shapes_run, micro_config):
-    from train.data import ShardStream, shard_files
+    from clipcurate.train.data import ShardStream, shard_files
 
     bundle = create(micro_config)
     stream = ShardStream(shard_files(shapes_run / "run"), preprocess=bundle.preprocess_train,

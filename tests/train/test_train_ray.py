@@ -12,8 +12,8 @@ import open_clip
 import pytest
 import torch
 
-from train import checkpoint
-from train.api import train
+from clipcurate.train import checkpoint
+from clipcurate.train.api import train
 
 
 @pytest.mark.skipif(not os.environ.get("CLIPCURATE_SLOW_TESTS"), reason="set CLIPCURATE_SLOW_TESTS=1 (Ray Train start-up)")
