@@ -90,7 +90,9 @@ class Experiment(BaseModel):
     name: str = "ablation"
     pool: str | list[str] = Field(description="the URL + caption list (any `curate run` input)")
     recipe: str = Field(description="the base recipe (YAML)")
-    eval: str = Field(description="labelled eval parquet (image, label), the `curate eval` format")
+    eval: str = Field(description="labelled eval set (image, label), any layout `curate eval` reads")
+    eval_class_names: str | None = Field(None, description="names of integer eval labels, one per line in label "
+                                                           "order (not needed with a class_name column or ClassLabel)")
     retrieval: str | None = Field(None, description="held-out image + caption pairs for retrieval recall")
     train: TrainSpec = TrainSpec()
     truth: TruthSpec | None = None
@@ -128,6 +130,7 @@ def load_experiment(path: str | Path) -> Experiment:
 
     pool = [rel(p) for p in experiment.pool] if isinstance(experiment.pool, list) else rel(experiment.pool)
     return experiment.model_copy(update={"pool": pool, "recipe": rel(experiment.recipe), "eval": rel(experiment.eval),
+                                         "eval_class_names": rel(experiment.eval_class_names),
                                          "retrieval": rel(experiment.retrieval)})
 
 
@@ -375,7 +378,8 @@ def _train_eval(final: Path, experiment: Experiment, seed: int, folder: Path, lo
         trained = train(str(final), spec.model, output=str(folder / "ckpt"), steps=spec.steps,
                         batch_size=spec.batch_size, lr=spec.lr, lock_text=spec.lock_text, seed=seed,
                         threads=spec.threads, quiet=True)
-        scores = evaluate(trained.output, experiment.eval, pairs=experiment.retrieval, templates=spec.templates)
+        scores = evaluate(trained.output, experiment.eval, pairs=experiment.retrieval, templates=spec.templates,
+                          class_names=experiment.eval_class_names)
         result = {"seed": seed, "train_s": round(time.time() - t0, 1), **scores}
         shutil.rmtree(folder / "ckpt", ignore_errors=True)  # the figures are what is compared
     result.update(data=str(final), train=experiment.train.model_dump())

@@ -54,7 +54,8 @@ def train(data: str | Path | list, model: str | Path = "clip-tiny", *, output: s
 
 def evaluate(model: str | Path, data: str | Path | None = None, *, pairs: str | Path | None = None,
              templates: list[str] | None = None, batch_size: int = 256, device: str = "auto",
-             seed: int = 0, log: str | Path | None = None) -> dict:
+             seed: int = 0, log: str | Path | None = None, class_names: str | Path | list[str] | None = None,
+             label_column: str = "label") -> dict:
     """Zero-shot top-1/top-5 on a labeled parquet; retrieval recall@1/5/10 and
     mismatch detection (``mismatch_auc``) on held-out pairs.
 
@@ -66,11 +67,14 @@ def evaluate(model: str | Path, data: str | Path | None = None, *, pairs: str | 
     serves as a DFN filter. ``min_score_keep95`` is the score that keeps 95 % of true
     pairs and ``mismatch_removed_at_keep95`` the share of mismatches it removes.
     ``templates`` are format strings such as ``"a photo of a {}."``.
+    Labels may be class names, or integers named by a class-name column (``class_name``),
+    a ``class_names`` file (one per line, in label order) or a Hugging Face ``ClassLabel``
+    (``train/labels.py``); integer labels without names are refused.
     """
     from clipcurate.train.evaluate import run_eval
 
     return run_eval(model, data, pairs=pairs, templates=templates, batch_size=batch_size,
-                    device=device, seed=seed, log=log)
+                    device=device, seed=seed, log=log, class_names=class_names, label_column=label_column)
 
 
 def _quiet_libraries() -> None:

@@ -45,12 +45,18 @@ KEEP_TRUE = 0.95  # the mismatch threshold keeps this share of true pairs
 
 def run_eval(model: str | Path, data: str | Path | None = None, *, pairs: str | Path | None = None,
              templates: list[str] | str | None = None, batch_size: int = 256, device: str = "auto",
-             seed: int = 0, log: str | Path | None = None) -> dict:
+             seed: int = 0, log: str | Path | None = None, class_names: str | Path | list[str] | None = None,
+             label_column: str = "label") -> dict:
     """Load ``model`` and score it on ``data`` (labeled: zero-shot) and ``pairs``
-    (retrieval and mismatch detection; default ``data`` when it has captions)."""
+    (retrieval and mismatch detection; default ``data`` when it has captions).
+    ``data`` may be in any layout ``train.labels.read_labelled`` reads (integer labels
+    with names, a Hugging Face ClassLabel set, ...); ``class_names`` names integer labels."""
+    from clipcurate.train.labels import read_images_table, read_labelled
+
     started = time.perf_counter()
     if data is None and pairs is None:
         raise UserError("give labeled data (zero-shot), held-out pairs (retrieval, mismatch AUC) or both")
+    labelled = read_labelled(data, class_names=class_names, label_column=label_column) if data is not None else None
     device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                           "cpu" if device == "auto" else device)
     net, preprocess, tokenizer = load_for_eval(model, device)
@@ -58,18 +64,15 @@ def run_eval(model: str | Path, data: str | Path | None = None, *, pairs: str | 
     image_features = None
     if data is not None:
         templates = resolve_templates(templates)
-        labeled = pq.read_table(data)
-        for column in ("image", "label"):
-            if column not in labeled.column_names:
-                raise UserError(f"labeled data {data} lacks column {column!r} (needs image, label)")
+        labeled = labelled.table
         labels = labeled.column("label").to_pylist()
-        classnames = sorted(set(labels))
+        classnames = labelled.classnames
         image_features = encode_images(net, preprocess, labeled.column("image").to_pylist(), batch_size, device)
         result.update({"data": str(data), "images": len(labels), "classes": len(classnames),
                        "chance_top1": 1.0 / len(classnames), "templates": len(templates)})
         result.update(zero_shot(net, tokenizer, image_features, labels, classnames, templates, device))
 
-    pair_table = pq.read_table(pairs) if pairs is not None else labeled
+    pair_table = read_images_table(pairs) if pairs is not None else labeled
     if "caption" in pair_table.column_names:
         if "image" not in pair_table.column_names:
             raise UserError(f"pairs {pairs} lacks an 'image' column")
