@@ -31,7 +31,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from skimage import data as photos  # noqa: E402
 
-from clipcurate.filters.clip_model import load_clip  # noqa: E402
+from clipcurate.train.clip_model import load_clip  # noqa: E402
 from clipcurate.filters.clip_score import ClipScore  # noqa: E402
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "horse", "hubble_deep_field", "immunohistochemistry", "coins")

@@ -45,35 +45,24 @@ time; scores from another model are recomputed.
 Images that cannot be decoded are rejected as ``clip_score:decode_error``; kept rows
 without image bytes as ``clip_score:missing_image``.
 
-Throughput: one actor per GPU (or CPU actors) holds the model; inside it a thread
-pool decodes, preprocesses (open_clip's own transform) and tokenizes the rows of the
-next forward pass while the model runs the current one (PIL and torch release the GIL
-for the heavy parts). The threads stop at uint8 pixels; ToTensor + Normalize run
-batched on the model's device. Inference is batched, under fp16/bf16 autocast on GPU.
+Throughput: one actor per GPU (or CPU actors) holds the model, through the shared
+batched encoder (``train/clip_model.py``: decode threads overlap the forward pass,
+device-side normalise, fp16/bf16 autocast on GPU).
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import torch
-import torch.nn.functional as F
-from PIL import Image
-from torchvision.transforms import Compose, Normalize, PILToTensor, ToTensor
 from pydantic import Field, model_validator
 
-from clipcurate.filters.clip_model import ClipModel, load_clip, model_config, model_fingerprint
 from clipcurate.pipelines.stage import GlobalStage, Resources, StageConfig, ensure_columns, kept_mask, reject_rows, set_column
+from clipcurate.train.clip_model import MODEL_KEY, Encoder, model_config, model_fingerprint, resolve_device
 
 HISTOGRAM_BINS = 80
-MODEL_KEY = b"clipcurate.model"  # field metadata: the fingerprint of the model that made a column
 
 
 class ClipScoreConfig(StageConfig):
@@ -123,7 +112,7 @@ class ClipScore(GlobalStage):
 
     def __init__(self, config: ClipScoreConfig | None = None, **params):
         super().__init__(config, **params)
-        self._runtime: _Runtime | None = None
+        self._runtime: Encoder | None = None
         self._embed_dim: int | None = None
         self._fitted: float | None = None  # the keep_top score threshold
         self._fit_done = False
@@ -157,7 +146,7 @@ class ClipScore(GlobalStage):
             return Resources(num_cpus=1.0, batch_size=cfg.batch_size * cfg.batches_per_task)
         return Resources(
             num_cpus=cfg.num_cpus,
-            num_gpus=1.0 if _device(cfg.device).type == "cuda" else 0.0,
+            num_gpus=1.0 if resolve_device(cfg.device).type == "cuda" else 0.0,
             batch_size=cfg.batch_size * cfg.batches_per_task,
             concurrency=cfg.concurrency,
         )
@@ -244,13 +233,14 @@ class ClipScore(GlobalStage):
         reference = pq.read_table(self.config.reference, columns=["image", "caption"])
         if self._runtime is None:
             self._runtime = self._load()
-        result = self._runtime.encode(reference.column("image").to_pylist(),
-                                      pc.fill_null(reference.column("caption"), "").to_pylist(),
-                                      self.config.batch_size, False)
-        if result.scores.size == 0:
+        result = self._runtime.pairs(reference.column("image").to_pylist(),
+                                     pc.fill_null(reference.column("caption"), "").to_pylist(), self.config.batch_size)
+        scores = (result.image * result.text).sum(axis=1)
+        if scores.size == 0:
             raise ValueError(f"{self.label}: no decodable reference pairs in {self.config.reference}")
-        threshold = float(np.quantile(result.scores, 1.0 - self.config.keep_clean))
-        self._cut_facts |= {"reference_pairs": int(result.scores.size), "calibrated_threshold": threshold}
+        threshold = float(np.quantile(scores, 1.0 - self.config.keep_clean))
+        self._cut_facts |= {"reference_pairs": int(scores.size), "calibrated_threshold": threshold}
+        self._runtime.close()
         self._runtime = None  # workers load their own; the driver needs no model after fit
         return threshold
 
@@ -284,15 +274,10 @@ class ClipScore(GlobalStage):
 
     # ----------------------------------------------------------------------- scoring
 
-    def _load(self) -> _Runtime:
+    def _load(self) -> Encoder:
         cfg: ClipScoreConfig = self.config
-        device = _device(cfg.device)
-        precision = cfg.precision if cfg.precision != "auto" else ("fp16" if device.type == "cuda" else "fp32")
-        clip = load_clip(cfg.model, cfg.pretrained, device=device)
-        workers = cfg.decode_workers or max(1, int(cfg.num_cpus))
-        transform, normalize = _split_transform(clip.preprocess, device)
-        pool = ThreadPoolExecutor(workers, thread_name_prefix="clip-decode")
-        return _Runtime(clip, device, precision, pool, transform, normalize)
+        return Encoder(cfg.model, cfg.pretrained, device=cfg.device, precision=cfg.precision,
+                       decode_workers=cfg.decode_workers or max(1, int(cfg.num_cpus)))
 
     def _score(self, batch: pa.Table) -> pa.Table:
         """Add the score (and embedding) columns for kept rows; reject undecodable ones."""
@@ -310,16 +295,17 @@ class ClipScore(GlobalStage):
         take = pa.array(rows)
         images = batch.column("image").take(take).to_pylist()
         captions = pc.fill_null(batch.column("caption").take(take), "").to_pylist()
-        result = self._runtime.encode(images, captions, self.config.batch_size, self.config.embeddings)
+        result = self._runtime.pairs(images, captions, self.config.batch_size)
 
         scored = rows[result.decoded]
         index = np.full(batch.num_rows, -1, dtype=np.int64)
         index[scored] = np.arange(scored.size)
         gather = pa.array(index, mask=index < 0)
-        batch = set_column(batch, "clip_score", pa.array(result.scores, pa.float32()).take(gather))
-        if self.config.embeddings and result.image_emb is not None:
-            dim = result.image_emb.shape[1]
-            for column, values in (("clip_image_emb", result.image_emb), ("clip_text_emb", result.text_emb)):
+        scores = (result.image * result.text).sum(axis=1)
+        batch = set_column(batch, "clip_score", pa.array(scores, pa.float32()).take(gather))
+        if self.config.embeddings:
+            dim = result.image.shape[1]
+            for column, values in (("clip_image_emb", result.image), ("clip_text_emb", result.text)):
                 fixed = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1), pa.float16()), dim)
                 batch = set_column(batch, column, fixed.take(gather))
         failed = np.zeros(batch.num_rows, dtype=bool)
@@ -343,107 +329,3 @@ class ClipScore(GlobalStage):
         fields = [f.with_metadata({MODEL_KEY: self.model_id.encode()}) if f.name in self.adds else f
                   for f in batch.schema]
         return pa.Table.from_arrays(batch.columns, schema=pa.schema(fields, metadata=batch.schema.metadata))
-
-
-# ----------------------------------------------------------------------------- runtime
-
-
-@dataclass
-class _Encoded:
-    decoded: np.ndarray  # bool per input pair: image decoded and scored
-    scores: np.ndarray  # float32, one per decoded pair
-    image_emb: np.ndarray | None  # float16 (decoded, dim), L2-normalised
-    text_emb: np.ndarray | None
-
-
-@dataclass
-class _Runtime:
-    """Per-worker state: the model, its device and precision, the decode threads."""
-
-    clip: ClipModel
-    device: torch.device
-    precision: str
-    pool: ThreadPoolExecutor
-    transform: Callable  # the image transform run in the decode threads
-    normalize: tuple[torch.Tensor, torch.Tensor] | None  # (mean, std) applied on the device, if split
-
-    def encode(self, images: list[bytes], captions: list[str], batch_size: int, embeddings: bool) -> _Encoded:
-        """Decode + tokenize in the pool, in order, while the model runs earlier chunks."""
-        chunks: list[tuple[Future, list[Future]]] = []
-        for start in range(0, len(images), batch_size):
-            tokens = self.pool.submit(self.clip.tokenizer, captions[start : start + batch_size])
-            pixels = [self.pool.submit(_decode, self.transform, data) for data in images[start : start + batch_size]]
-            chunks.append((tokens, pixels))
-
-        decoded, scores, image_emb, text_emb = [], [], [], []
-        for tokens, pixels in chunks:
-            tensors = [f.result() for f in pixels]
-            ok = np.array([t is not None for t in tensors], dtype=bool)
-            decoded.append(ok)
-            if not ok.any():
-                continue
-            image, text = self._forward(
-                torch.stack([t for t in tensors if t is not None]), tokens.result()[torch.from_numpy(ok)]
-            )
-            scores.append((image * text).sum(dim=-1).cpu().numpy())
-            if embeddings:
-                image_emb.append(image.half().cpu().numpy())
-                text_emb.append(text.half().cpu().numpy())
-
-        def stacked(parts):
-            return np.concatenate(parts) if parts else None
-
-        return _Encoded(
-            decoded=np.concatenate(decoded),
-            scores=stacked(scores) if scores else np.empty(0, np.float32),
-            image_emb=stacked(image_emb),
-            text_emb=stacked(text_emb),
-        )
-
-    def _forward(self, pixels: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised fp32 image and text embeddings for one chunk."""
-        model = self.clip.model
-        with torch.inference_mode(), self._autocast():
-            pixels = pixels.to(self.device, non_blocking=True)
-            if self.normalize is not None:  # the threads made uint8; ToTensor + Normalize here
-                mean, std = self.normalize
-                pixels = (pixels.float() / 255.0 - mean) / std
-            image = model.encode_image(pixels)
-            text = model.encode_text(tokens.to(self.device, non_blocking=True))
-        return F.normalize(image.float(), dim=-1), F.normalize(text.float(), dim=-1)
-
-    def _autocast(self):
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
-
-
-def _decode(preprocess, data: bytes) -> torch.Tensor | None:
-    """open_clip's inference transform on one encoded image; None if it does not decode."""
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            return preprocess(image)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-        return None
-
-
-def _split_transform(preprocess, device: torch.device):
-    """End the threads' transform at uint8 pixels; ToTensor + Normalize run batched on
-    the model's device (the same arithmetic). On GPU: 4x fewer bytes over the bus; on
-    CPU: no torch kernels in the decode threads competing with the model's thread
-    pool. Falls back to the whole transform when it does not end with ToTensor,
-    Normalize."""
-    steps = list(getattr(preprocess, "transforms", []))
-    if len(steps) < 2 or not isinstance(steps[-2], ToTensor) or not isinstance(steps[-1], Normalize):
-        return preprocess, None
-    mean = torch.tensor(steps[-1].mean, dtype=torch.float32, device=device).view(-1, 1, 1)
-    std = torch.tensor(steps[-1].std, dtype=torch.float32, device=device).view(-1, 1, 1)
-    return Compose([*steps[:-2], PILToTensor()]), (mean, std)
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-

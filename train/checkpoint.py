@@ -1,25 +1,20 @@
-"""Checkpoints: a plain open_clip ``local-dir`` model plus the trainer's own state.
-
-One directory is one checkpoint (the project's contract):
-``open_clip_config.json`` + ``open_clip_pytorch_model.bin`` (a plain ``state_dict``),
-plus a Hugging Face text tower's tokenizer files, load with
-``open_clip.create_model_and_transforms("local-dir:" + path)``. Resume state sits
-beside them in files open_clip never picks up as weights: ``trainer_state.pt``
-(optimizer, grad scaler, RNG) and ``train_state.json`` (step, data positions, config).
-Every file is written to a temporary name first, then renamed into place.
+"""Trainer checkpoints: the project's CLIP checkpoint (``train/clip_model.py``: a plain
+open_clip ``local-dir`` model) plus the trainer's resume state beside it, in files
+open_clip never picks up as weights: ``trainer_state.pt`` (optimizer, grad scaler, RNG)
+and ``train_state.json`` (step, data positions, config). The weights and the state are
+written to temporary names first, then renamed into place together.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from clipcurate.pipelines.errors import UserError
-from clipcurate.train.model import WEIGHTS_FILE, save_tokenizer, unwrap, write_config
+from clipcurate.train.clip_model import save_checkpoint
 
 STATE_JSON = "train_state.json"
 STATE_TENSORS = "trainer_state.pt"
@@ -36,9 +31,6 @@ class TrainerState:
 
 def save(directory: str | Path, *, model: torch.nn.Module, config: dict, tokenizer, optimizer, step: int,
          positions: dict[int, int], layout: dict, scaler=None, info: dict | None = None) -> Path:
-    directory = Path(directory)
-    write_config(directory, config)
-    save_tokenizer(directory, tokenizer)
     tensors = {"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(), "step": step}
     if scaler is not None:
         tensors["scaler"] = scaler.state_dict()
@@ -46,14 +38,10 @@ def save(directory: str | Path, *, model: torch.nn.Module, config: dict, tokeniz
         tensors["cuda_rng"] = torch.cuda.get_rng_state_all()
     state = {"step": step, "positions": {str(k): v for k, v in sorted(positions.items())},
              "layout": layout, **(info or {})}
-    staged = [
-        _stage(directory / WEIGHTS_FILE, lambda p: torch.save(unwrap(model).state_dict(), p)),
-        _stage(directory / STATE_TENSORS, lambda p: torch.save(tensors, p)),
-        _stage(directory / STATE_JSON, lambda p: p.write_text(json.dumps(state, indent=2))),
-    ]
-    for tmp, final in staged:
-        os.replace(tmp, final)
-    return directory
+    return save_checkpoint(model, directory, config=config, tokenizer=tokenizer, beside={
+        STATE_TENSORS: lambda p: torch.save(tensors, p),
+        STATE_JSON: lambda p: p.write_text(json.dumps(state, indent=2)),
+    })
 
 
 def exists(directory: str | Path) -> bool:
@@ -71,9 +59,3 @@ def load(directory: str | Path, map_location="cpu") -> TrainerState:
     positions = {int(k): int(v) for k, v in state.pop("positions").items()}
     return TrainerState(step=int(state.pop("step")), positions=positions, layout=state.pop("layout"),
                         tensors=tensors, info=state)
-
-
-def _stage(final: Path, write) -> tuple[Path, Path]:
-    tmp = final.with_name(f".{final.name}.tmp")
-    write(tmp)
-    return tmp, final

@@ -23,17 +23,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import open_clip
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
-from open_clip.hf_model import HFTextEncoder
 from open_clip.zero_shot_classifier import build_zero_shot_classifier
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 
 from clipcurate.pipelines.errors import UserError
-from clipcurate.train.data import decode_image
-from clipcurate.train.model import CONFIG_FILE, create, unwrap
+from clipcurate.train.clip_model import Encoder, unwrap
 
 # A few of CLIP's ImageNet prompt templates (Radford et al. 2021, appendix) that suit any class.
 DEFAULT_TEMPLATES = ("a photo of a {}.", "a {}.", "a picture of a {}.", "an image of a {}.",
@@ -57,9 +53,8 @@ def run_eval(model: str | Path, data: str | Path | None = None, *, pairs: str | 
     if data is None and pairs is None:
         raise UserError("give labeled data (zero-shot), held-out pairs (retrieval, mismatch AUC) or both")
     labelled = read_labelled(data, class_names=class_names, label_column=label_column) if data is not None else None
-    device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                          "cpu" if device == "auto" else device)
-    net, preprocess, tokenizer = load_for_eval(model, device)
+    encoder = Encoder(model, device=device)
+    net, tokenizer = encoder.clip.model, encoder.clip.tokenizer
     result = {"model": str(model)}
     image_features = None
     if data is not None:
@@ -67,20 +62,20 @@ def run_eval(model: str | Path, data: str | Path | None = None, *, pairs: str | 
         labeled = labelled.table
         labels = labeled.column("label").to_pylist()
         classnames = labelled.classnames
-        image_features = encode_images(net, preprocess, labeled.column("image").to_pylist(), batch_size, device)
+        image_features = encode_images(encoder, labeled.column("image").to_pylist(), batch_size, data)
         result.update({"data": str(data), "images": len(labels), "classes": len(classnames),
                        "chance_top1": 1.0 / len(classnames), "templates": len(templates)})
-        result.update(zero_shot(net, tokenizer, image_features, labels, classnames, templates, device))
+        result.update(zero_shot(net, tokenizer, image_features, labels, classnames, templates, encoder.device))
 
     pair_table = read_images_table(pairs) if pairs is not None else labeled
     if "caption" in pair_table.column_names:
         if "image" not in pair_table.column_names:
             raise UserError(f"pairs {pairs} lacks an 'image' column")
         pair_images = image_features if pairs is None else encode_images(
-            net, preprocess, pair_table.column("image").to_pylist(), batch_size, device)
+            encoder, pair_table.column("image").to_pylist(), batch_size, pairs)
         captions = pair_table.column("caption").to_pylist()
         texts, caption_index = np.unique(np.asarray(captions, dtype=object), return_inverse=True)
-        text_features = encode_texts(net, tokenizer, [str(t) for t in texts], batch_size, device)
+        text_features = torch.from_numpy(encoder.texts([str(t) for t in texts], batch_size))
         result["pairs"] = len(captions)
         result.update(retrieval(pair_images, text_features, caption_index))
         pair_labels = pair_table.column("label").to_pylist() if "label" in pair_table.column_names else None
@@ -97,33 +92,17 @@ def run_eval(model: str | Path, data: str | Path | None = None, *, pairs: str | 
 def score_pairs(model: str | Path, table: pa.Table, *, batch_size: int = 256, device: str = "auto") -> np.ndarray:
     """The cosine score (``clip_score``) of every row of an ``image`` + ``caption``
     table; NaN where either is missing. Each distinct caption is encoded once."""
-    device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                          "cpu" if device == "auto" else device)
-    net, preprocess, tokenizer = load_for_eval(model, device)
+    encoder = Encoder(model, device=device)
     images, captions = table.column("image").to_pylist(), table.column("caption").to_pylist()
     scores = np.full(len(images), np.nan)
     valid = np.flatnonzero([i is not None and c is not None for i, c in zip(images, captions)])
     if not len(valid):
         return scores
     texts, caption_index = np.unique(np.asarray([captions[i] for i in valid], dtype=object), return_inverse=True)
-    text_features = encode_texts(net, tokenizer, [str(t) for t in texts], batch_size, device)
-    image_features = encode_images(net, preprocess, [images[i] for i in valid], batch_size, device)
+    text_features = torch.from_numpy(encoder.texts([str(t) for t in texts], batch_size))
+    image_features = encode_images(encoder, [images[i] for i in valid], batch_size, "pairs")
     scores[valid] = pair_scores(image_features, text_features[caption_index])
     return scores
-
-
-def load_for_eval(model: str | Path, device: torch.device):
-    """A checkpoint dir loads through plain open_clip (``local-dir:``), anything else
-    through ``train.model.create`` (bundled configs, open_clip names)."""
-    path = Path(str(model).removeprefix("local-dir:"))
-    if path.is_dir() and (path / CONFIG_FILE).is_file():
-        net, _, preprocess = open_clip.create_model_and_transforms("local-dir:" + str(path), device=device)
-        tokenizer = open_clip.get_tokenizer("local-dir:" + str(path))
-    else:
-        bundle = create(model, device=device)
-        net, preprocess, tokenizer = bundle.model, bundle.preprocess_val, bundle.tokenizer
-    net.eval()
-    return net, preprocess, tokenizer
 
 
 def resolve_templates(templates: list[str] | str | None) -> list:
@@ -144,38 +123,14 @@ def resolve_templates(templates: list[str] | str | None) -> list:
     return list(templates)
 
 
-@torch.no_grad()
-def encode_images(model, preprocess, images: list[bytes], batch_size: int, device) -> torch.Tensor:
-    """Normalized image embeddings, in order."""
-    out = []
-    for start in range(0, len(images), batch_size):
-        chunk = images[start:start + batch_size]
-        pixels = torch.stack([preprocess(decode_image(b)) for b in chunk]).to(device)
-        out.append(unwrap(model).encode_image(pixels, normalize=True).float().cpu())
-    return torch.cat(out)
-
-
-@torch.no_grad()
-def encode_texts(model, tokenizer, texts: list[str], batch_size: int, device) -> torch.Tensor:
-    """Normalized text embeddings, in order. A Hugging Face tower (LiT) pools over its
-    attention mask, so texts go in batches of similar length, trimmed to the longest:
-    short alt-texts then cost a fraction of the full context."""
-    net = unwrap(model)
-    trim = isinstance(getattr(net, "text", None), HFTextEncoder)
-    tokens = tokenizer(list(texts))
-    lengths = (tokens != net.text.config.pad_token_id).sum(dim=1) if trim else torch.zeros(len(texts))
-    order = torch.argsort(lengths, descending=True, stable=True)
-    chunks = []
-    for start in range(0, len(texts), batch_size):
-        rows = order[start:start + batch_size]
-        batch = tokens[rows]
-        if trim:
-            batch = batch[:, :max(int(lengths[rows].max()), 1)]
-        chunks.append((rows, net.encode_text(batch.to(device), normalize=True).float().cpu()))
-    out = torch.empty(len(texts), chunks[0][1].shape[1]) if chunks else torch.empty(0, 0)
-    for rows, features in chunks:
-        out[rows] = features
-    return out
+def encode_images(encoder: Encoder, images: list[bytes], batch_size: int, source) -> torch.Tensor:
+    """Normalised image embeddings, in order; an image that does not decode is an error
+    (an eval set is curated data: a silent skip would change what the score means)."""
+    encoded = encoder.images(images, batch_size)
+    if not encoded.decoded.all():
+        raise UserError(f"{source}: {int((~encoded.decoded).sum())} of {len(images)} images do not decode "
+                        f"(first at row {int(np.flatnonzero(~encoded.decoded)[0])})")
+    return torch.from_numpy(encoded.image)
 
 
 def zero_shot(model, tokenizer, image_features: torch.Tensor, labels: list[str], classnames: list[str],

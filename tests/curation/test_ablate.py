@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-import clipcurate.filters.clip_score as clip_score_module
+import clipcurate.train.clip_model as clip_model_module
 from clipcurate.curation.ablate import load_experiment, plan_variants, run_ablation
 from clipcurate.curation.pools import make_pool
 from clipcurate.pipelines.errors import UserError
@@ -46,13 +46,13 @@ def _experiment(folder, web, variants):
 def test_ablate_shares_download_and_scores(tiny_pool, monkeypatch):
     folder, pool = tiny_pool
     encoded: list[int] = []
-    original = clip_score_module._Runtime.encode
+    original = clip_model_module.Encoder._run
 
     def counting(self, images, *args, **kwargs):
         encoded.append(len(images))
         return original(self, images, *args, **kwargs)
 
-    monkeypatch.setattr(clip_score_module._Runtime, "encode", counting)
+    monkeypatch.setattr(clip_model_module.Encoder, "_run", counting)
     with SampleWeb(samples=pool.samples) as web:
         experiment = _experiment(folder, web, {"top90": {"set": {"clip_score.keep_top": 0.9}},
                                                "no_dedup": {"remove": ["dedup_exact"]}})

@@ -24,7 +24,7 @@ import torch
 from open_clip.loss import ClipLoss
 from PIL import Image, ImageDraw
 
-from clipcurate.filters.clip_model import load_clip, save_checkpoint
+from clipcurate.train.clip_model import load_clip, save_checkpoint
 from clipcurate.filters.clip_score import ClipScore
 from clipcurate.pipelines.stage import GlobalStage
 
@@ -290,7 +290,7 @@ def test_through_the_runner_with_ray(checkpoint, ray_local, sample_web, tmp_path
 
 def test_gpu_split_transform_matches_open_clip_preprocess(checkpoint):
     """On GPU the decode threads stop at uint8 and normalise on the device: same pixels."""
-    from clipcurate.filters.clip_score import _split_transform
+    from clipcurate.train.clip_model import _split_transform
 
     preprocess = load_clip(str(checkpoint)).preprocess
     cpu_part, (mean, std) = _split_transform(preprocess, torch.device("cpu"))
