@@ -24,6 +24,8 @@ COMMANDS: dict[str, str] = {
     "metadata": "clipcurate.curation.metadata_cli",
     "ablate": "clipcurate.curation.ablate_cli",
     "filter-model": "clipcurate.train.filter_model_cli",
+    "export": "clipcurate.pipelines.export_cli",
+    "heads": "clipcurate.train.heads_cli",
 }
 
 SUMMARIES: dict[str, str] = {
@@ -37,6 +39,8 @@ SUMMARIES: dict[str, str] = {
     "metadata": "build or inspect MetaCLIP metadata entry lists",
     "ablate": "compare recipe variants by training on each at equal samples seen",
     "filter-model": "train the DFN filter model clip_score scores a pool with, from trusted pairs",
+    "export": "write a run's samples as webdataset tars or a DataComp uid subset file",
+    "heads": "train a head (NSFW, aesthetic, watermark, ...) over CLIP embeddings for clip_heads, or show one",
 }
 
 

@@ -12,6 +12,7 @@ written in place (a rename there is a copy).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 import uuid
@@ -107,6 +108,21 @@ class Storage:
         target = self._temporary(path)
         with self.fs.open_output_stream(target) as handle:
             handle.write(data)
+        if target != path:
+            self.fs.move(target, path)
+
+    @contextlib.contextmanager
+    def open_output(self, path: str):
+        """A stream for a large file (a tar) with the same promise as ``write_bytes``:
+        ``path`` is absent or complete, also when the writer fails half-way."""
+        target = self._temporary(path)
+        try:
+            with self.fs.open_output_stream(target) as handle:
+                yield handle
+        except BaseException:  # closing an object-store stream completes the upload: remove it
+            if self.exists(target):
+                self.fs.delete_file(target)
+            raise
         if target != path:
             self.fs.move(target, path)
 
