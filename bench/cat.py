@@ -182,7 +182,7 @@ def _shares(table: pa.Table, stage: CatFilter, samples) -> dict:
         "rows_in": entering,
         "removed_share": {k: round(v / entering, 3) for k, v in sorted(reasons.items())},
         "kept_share": round(1 - sum(reasons.values()) / entering, 3),
-        "text_spotting_by_kind": dict(Counter(k for (k, r) in by_kind.elements() if r == "cat:text_spotting")),
+        "text_spotting_by_kind": dict(Counter(k for (k, r) in by_kind.elements() if r == "cat_filter:text_spotting")),
         "rows_per_s": round(entering / seconds, 1),
     }
     print(f"sample web ({label}): {entering} rows enter, removed {result['removed_share']}, "

@@ -9,12 +9,12 @@ Exact definitions, defaults and where they differ from the paper: docs/cat.md.
 
 Rules, cheapest first, each with its own reason and measured column:
 
-- ``cat:low_complexity`` -- ``cat_complexity`` (max number of children of a token in the
+- ``cat_filter:low_complexity`` -- ``cat_complexity`` (max number of children of a token in the
   caption's dependency parse, function-word edges not counted) < ``min_complexity``;
-- ``cat:no_action`` -- ``cat_actions`` (verbs that act) < ``min_actions``;
-- ``cat:text_spotting`` -- ``cat_ocr_overlap`` (share of the caption's content words
+- ``cat_filter:no_action`` -- ``cat_actions`` (verbs that act) < ``min_actions``;
+- ``cat_filter:text_spotting`` -- ``cat_ocr_overlap`` (share of the caption's content words
   found in the image's OCR text) >= ``max_ocr_overlap``. OCR runs only on rows that
-  the text rules kept; ``cat:undecodable_image`` when the image bytes do not decode.
+  the text rules kept; ``cat_filter:undecodable_image`` when the image bytes do not decode.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ class CatConfig(StageConfig):
 class CatFilter(Stage):
     """DiHT's CAT filter: reject non-descriptive captions and captions that read the image's text."""
 
-    name = "cat"
+    name = "cat_filter"
     Config = CatConfig
     reads: ClassVar[tuple[str, ...]] = ("caption", "image")
     adds: ClassVar[dict[str, pa.DataType]] = {

@@ -21,16 +21,11 @@ import posixpath
 from collections import Counter
 
 from clipcurate.pipelines.recipe import Recipe
-from clipcurate.pipelines.stage import REJECT, Stage
+from clipcurate.pipelines.stage import REJECT, Stage, parse_reject
 from clipcurate.pipelines.storage import Storage
 
 PACKAGES = ("clipcurate", "ray", "pyarrow", "polars", "img2dataset", "datasketch", "torch", "open_clip_torch",
             "pyahocorasick")
-
-
-def reason_key(reject: str) -> str:
-    """``dedup_exact:duplicate_of=<uid>`` counts under ``dedup_exact:duplicate_of``."""
-    return reject.split("=", 1)[0]
 
 
 def build_manifest(*, output: Storage, recipe: Recipe, stages: list[Stage], index: dict, stats_files: dict,
@@ -51,7 +46,8 @@ def build_manifest(*, output: Storage, recipe: Recipe, stages: list[Stage], inde
             uids.update(table.column("uid").to_pylist())
             rows_seen += table.num_rows
             if folder == "rejects":
-                reasons.update(reason_key(r) for r in table.column(REJECT).to_pylist())
+                # dedup_exact:duplicate_of=<uid> counts under dedup_exact:duplicate_of
+                reasons.update(parse_reject(r).reason for r in table.column(REJECT).to_pylist())
     kept = sum(e["rows"] for e in shards)
     rejected = sum(e["rows"] for e in rejects)
     if kept + rejected != index["rows"] or len(uids) != rows_seen:
@@ -84,12 +80,12 @@ def _funnel(stages: list[Stage], reasons: Counter, total: int, costs: dict[str, 
     entries, remaining = [], total
     labels = [("input", "input", None)] + [(s.label, s.name, s) for s in stages]
     known = {label for label, _, _ in labels}
-    unknown = sorted({r for r in reasons if r.split(":", 1)[0] not in known})
+    unknown = sorted({r for r in reasons if parse_reject(r).stage not in known})
     if unknown:
         raise RuntimeError(f"reject reasons from no stage of this recipe: {unknown[:3]}")
     all_worker_s = sum(cost["worker_s"] for cost in costs.values())
     for label, kind, stage in labels:
-        mine = {r: n for r, n in sorted(reasons.items()) if r.split(":", 1)[0] == label}
+        mine = {r: n for r, n in sorted(reasons.items()) if parse_reject(r).stage == label}
         rejected = sum(mine.values())
         entry = {"name": label, "type": kind, "in": remaining, "kept": remaining - rejected,
                  "rejected": rejected, "reasons": mine}

@@ -92,13 +92,16 @@ def parse_recipe(raw: dict, source: str = "recipe") -> tuple[Recipe, list[Stage]
         recipe = Recipe.model_validate(raw)
     except ValidationError as err:
         raise RecipeError(f"{source}: {_first_error(err)}") from None
-    stages = build_stages(recipe.stages, source=source)
+    stages = build_stages(recipe.stages, source=source, seed=recipe.seed)
     check_columns(stages, source=source)
     return recipe, stages
 
 
-def build_stages(entries: list, source: str = "recipe") -> list[Stage]:
-    """Each entry is a one-key mapping ``{stage_name: {params}}`` (or a bare name)."""
+def build_stages(entries: list, source: str = "recipe", seed: int | None = None) -> list[Stage]:
+    """Each entry is a one-key mapping ``{stage_name: {params}}`` (or a bare name).
+
+    ``seed`` (the recipe's) goes to every stage that draws randomness (a ``seed``
+    parameter) and does not set its own, so one number reproduces a whole run."""
     stages: list[Stage] = []
     seen: dict[str, int] = {}
     for i, entry in enumerate(entries):
@@ -115,6 +118,8 @@ def build_stages(entries: list, source: str = "recipe") -> list[Stage]:
             cls = stage_class(name)
         except UnknownStage as err:
             raise RecipeError(f"{source}: {key}: {err.args[0]}") from None
+        if seed is not None and "seed" in cls.Config.model_fields and "seed" not in params:
+            params = {**params, "seed": seed}
         try:
             config = cls.Config.model_validate(params)
         except ValidationError as err:

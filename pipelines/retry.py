@@ -25,7 +25,7 @@ from clipcurate.pipelines.lock import RunLock
 from clipcurate.pipelines.manifest import format_funnel, write_json_atomic
 from clipcurate.pipelines.recipe import parse_recipe
 from clipcurate.pipelines.runner import WORK, RunOptions, run_pipeline
-from clipcurate.pipelines.stage import REJECT
+from clipcurate.pipelines.stage import REJECT, parse_reject
 from clipcurate.pipelines.storage import Storage
 
 HELP = (
@@ -129,7 +129,8 @@ def _transient_rows(work: Storage, phase1: str, labels: list[str]) -> tuple[set[
 
 def _transient_mask(rejects: pa.ChunkedArray, labels: list[str]) -> pa.ChunkedArray:
     values = [v for v in pc.unique(rejects).to_pylist() if v is not None]
-    transient = [v for v in values if v.split(":", 1)[0] in labels and is_transient(v.split(":", 1)[1])]
+    parsed = [(v, parse_reject(v)) for v in values]
+    transient = [v for v, r in parsed if r.stage in labels and is_transient(v[len(r.stage) + 1:])]
     return pc.is_in(rejects, value_set=pa.array(transient, pa.string()))
 
 

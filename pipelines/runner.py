@@ -601,7 +601,8 @@ class RayExecutor:
         self._resources: dict[int, Resources] = {}
 
     def resources(self, stage: Stage) -> Resources:
-        """What one worker of ``stage`` needs on this cluster (asked once per stage)."""
+        """What one worker of ``stage`` needs on this cluster (asked once per stage, and
+        again after its ``fit``)."""
         if id(stage) not in self._resources:
             resources = stage.resources()
             if resources.num_gpus == 0 and self.gpus_elsewhere and _needs_actor(stage, resources):
@@ -702,6 +703,9 @@ class RayExecutor:
             if stage.is_global:
                 ds = self._map(ds, stage, prepare_budget[i], method="prepare").materialize()
                 fit[stage.label] = _fit(stage, self._map_blocks(ds, kept_rows, 1.0))
+                # a fitted stage may need less (clip_score's keep_top compares stored scores: no model)
+                self._resources.pop(id(stage), None)
+                apply_budget, _ = self._phase2_budgets(stages)
             ds = self._map(ds, stage, apply_budget[i])
         return _Phase2(ds.materialize(), fit)
 

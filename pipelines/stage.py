@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:  # pragma: no cover
+    import polars as pl
     import ray.data
 
 REJECT = "reject"
@@ -99,7 +100,8 @@ class Stage:
         raise NotImplementedError
 
     def reason(self, why: str) -> str:
-        """The reject string for this stage: ``"<stage>:<why>"``."""
+        """The reject string for this stage: ``"<stage>:<why>"`` (``why`` may end in
+        ``=<detail>``, e.g. ``duplicate_of=<uid>``); ``parse_reject`` reads it back."""
         return f"{self.label}:{why}"
 
 
@@ -133,6 +135,37 @@ class GlobalStage(Stage):
 
 
 # ---------------------------------------------------------------- helpers for stages
+
+
+class Reject(NamedTuple):
+    """A reject string's parts: ``"<stage>:<why>=<detail>"``."""
+
+    stage: str  # the stage's label (``input`` for the reader)
+    why: str  # e.g. ``duplicate_of``, ``http_4xx``
+    detail: str | None  # e.g. the uid kept instead, the HTTP status
+
+    @property
+    def reason(self) -> str:
+        """``"<stage>:<why>"``: what the funnel and the audit count."""
+        return f"{self.stage}:{self.why}"
+
+
+def parse_reject(value: str) -> Reject:
+    """The one reader of reject strings (``Stage.reason`` writes them); ``reject_parts``
+    is the same split for a polars frame."""
+    reason, _, detail = value.partition("=")
+    stage, _, why = reason.partition(":")
+    return Reject(stage, why, detail if "=" in value else None)
+
+
+def reject_parts(column: str = REJECT) -> list["pl.Expr"]:
+    """``parse_reject`` vectorised for polars: ``reason`` (``"<stage>:<why>"``),
+    ``stage`` and ``detail`` columns from a reject column (the audit reads millions)."""
+    import polars as pl
+
+    reason = pl.col(column).str.splitn("=", 2).struct.field("field_0")
+    return [reason.alias("reason"), pl.col(column).str.splitn("=", 2).struct.field("field_1").alias("detail"),
+            reason.str.splitn(":", 2).struct.field("field_0").alias("stage")]
 
 
 def kept_mask(batch: pa.Table) -> np.ndarray:

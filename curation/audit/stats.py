@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 from clipcurate.pipelines.errors import UserError
 from clipcurate.pipelines.manifest import flag_stages
 from clipcurate.pipelines.recipe import WARN_REJECT_SHARE
+from clipcurate.pipelines.stage import parse_reject, reject_parts
 
 BASE_COLUMNS = ("uid", "url", "caption", "image", "width", "height", "reject")
 KNOWN_COLUMNS = frozenset(BASE_COLUMNS) | {"clip_score", "lang", "metaclip_entries"}
@@ -220,11 +221,8 @@ def _files(out: Path, manifest: dict, folder: str) -> list[Path]:
 
 
 def _parse_reject(frame: pl.LazyFrame) -> pl.LazyFrame:
-    """``"<stage>:<reason>=<detail>"`` -> reason ``"<stage>:<reason>"``, stage, detail."""
-    parts = pl.col("reject").str.splitn("=", 2)
-    return frame.with_columns(
-        parts.struct.field("field_0").alias("reason"), parts.struct.field("field_1").alias("detail"),
-    ).with_columns(pl.col("reason").str.splitn(":", 2).struct.field("field_0").alias("stage"))
+    """``"<stage>:<why>=<detail>"`` -> reason ``"<stage>:<why>"``, stage, detail."""
+    return frame.with_columns(reject_parts())
 
 
 def _schema(files: list[Path]) -> dict[str, pl.DataType]:
@@ -372,7 +370,7 @@ def _counts(frame: pl.DataFrame, key: str) -> dict:
 def _stages(manifest: dict, rejected_in_files: dict) -> list[dict]:
     stages = []
     for stage in manifest.get("stages", []):
-        reasons = {_strip_detail(k): int(v) for k, v in stage.get("reasons", {}).items()}
+        reasons = {parse_reject(k).reason: int(v) for k, v in stage.get("reasons", {}).items()}
         stages.append({
             "name": stage.get("name"), "type": stage.get("type"),
             "in": int(stage.get("in", 0)), "kept": int(stage.get("kept", 0)),
@@ -382,10 +380,6 @@ def _stages(manifest: dict, rejected_in_files: dict) -> list[dict]:
             "cost": stage.get("cost"),
         })
     return stages
-
-
-def _strip_detail(reason: str) -> str:
-    return reason.split("=", 1)[0]
 
 
 def _langs(frame: pl.DataFrame) -> dict:

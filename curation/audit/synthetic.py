@@ -159,7 +159,7 @@ def write_synthetic_run(
         computed = alive.copy()
         columns["cat_complexity"] = pa.array(complexity, pa.int32(), mask=~computed)
         columns["cat_has_action"] = pa.array(rng.random(n) < 0.6, pa.bool_(), mask=~computed)
-        apply("cat", "cat_filter", {"low_complexity": complexity < 1}, summary={"min_complexity": 1})
+        apply("cat_filter", "cat_filter", {"low_complexity": complexity < 1}, summary={"min_complexity": 1})
 
     if "dedup" in features:
         for label, rate, zipf in (("dedup_exact", 0.03, 2.0), ("dedup_minhash", 0.04, 1.6)):

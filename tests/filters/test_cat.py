@@ -83,9 +83,9 @@ def test_complexity_counts_content_children_not_function_words():
         "dog": 0, "the cat.": 0, "IMG_2034.jpg": 0, "a red car": 1, "sunset over the mountains": 1, "a bowl of soup": 1,
     }
     assert decisions(out) == {
-        "dog": "cat:low_complexity",
-        "the cat.": "cat:low_complexity",
-        "IMG_2034.jpg": "cat:low_complexity",
+        "dog": "cat_filter:low_complexity",
+        "the cat.": "cat_filter:low_complexity",
+        "IMG_2034.jpg": "cat_filter:low_complexity",
         "a red car": None,
         "sunset over the mountains": None,
         "a bowl of soup": None,
@@ -99,7 +99,7 @@ def test_complexity_counts_content_children_not_function_words():
     # A stricter threshold wants a node with two dependents (an attribute and a relation).
     strict = CatFilter(min_complexity=2, min_actions=0, text_spotting=False)
     out = strict(table(["a red car", "a red car parked on the street"]))
-    assert decisions(out) == {"a red car": "cat:low_complexity", "a red car parked on the street": None}
+    assert decisions(out) == {"a red car": "cat_filter:low_complexity", "a red car parked on the street": None}
 
 
 def test_action_subject_mode_counts_verbs_that_act():
@@ -121,7 +121,7 @@ def test_action_subject_mode_counts_verbs_that_act():
     captions = list(acting) + list(idle)
     out = stage(table(captions))
     assert dict(zip(captions, out.column("cat_actions").to_pylist())) == {**acting, **idle}
-    assert decisions(out) == {**{c: None for c in acting}, **{c: "cat:no_action" for c in idle}}
+    assert decisions(out) == {**{c: None for c in acting}, **{c: "cat_filter:no_action" for c in idle}}
 
 
 def test_action_any_mode_counts_every_verb_but_not_auxiliaries():
@@ -132,8 +132,8 @@ def test_action_any_mode_counts_every_verb_but_not_auxiliaries():
     assert decisions(out) == {
         "a cake decorated with flowers": None,
         "keep calm and carry on": None,
-        "A dog is on the grass": "cat:no_action",
-        "a red car": "cat:no_action",
+        "A dog is on the grass": "cat_filter:no_action",
+        "a red car": "cat_filter:no_action",
     }
 
 
@@ -151,7 +151,7 @@ def test_default_text_rules_keep_scenes_and_reject_noun_phrases(text_only):
     out = text_only(table(captions))
     assert out.column("reject").to_pylist() == [
         None, None, None,
-        "cat:low_complexity", "cat:no_action", "cat:no_action", "cat:low_complexity", "cat:low_complexity",
+        "cat_filter:low_complexity", "cat_filter:no_action", "cat_filter:no_action", "cat_filter:low_complexity", "cat_filter:low_complexity",
     ]
     assert out.schema.field("cat_complexity").type == pa.int32()
     assert out.schema.field("cat_actions").type == pa.int32()
@@ -170,7 +170,7 @@ def test_rows_already_rejected_pass_through_untouched(text_only):
 
 def test_long_captions_are_parsed_up_to_the_limit():
     stage = CatFilter(text_spotting=False, max_caption_chars=3)
-    assert decisions(stage(table(["dog runs after the ball"]))) == {"dog runs after the ball": "cat:low_complexity"}
+    assert decisions(stage(table(["dog runs after the ball"]))) == {"dog runs after the ball": "cat_filter:low_complexity"}
 
 
 # ------------------------------------------------------------------ text spotting
@@ -195,7 +195,7 @@ def test_text_spotting_rejects_rendered_captions_and_keeps_photos(cat):
     ]
     out = cat(table([c for c, _ in rows], [b for _, b in rows]))
     reasons = out.column("reject").to_pylist()
-    assert reasons == ["cat:text_spotting"] * 3 + [None] * 5
+    assert reasons == ["cat_filter:text_spotting"] * 3 + [None] * 5
     overlap = out.column("cat_ocr_overlap").to_pylist()
     assert all(v == 1.0 for v in overlap[:3])
     assert overlap[3] == 0.0
@@ -211,7 +211,7 @@ def test_ocr_runs_only_on_rows_the_text_rules_kept(cat):
     sale = render_text("BIG SUMMER SALE")
     out = cat(table(["big summer sale", "I love my cat"], [sale, render_text("I love my cat")],
                     rejects=[None, "basic:duplicate"]))
-    assert out.column("reject").to_pylist() == ["cat:no_action", "basic:duplicate"]
+    assert out.column("reject").to_pylist() == ["cat_filter:no_action", "basic:duplicate"]
     assert out.column("cat_ocr_text").to_pylist() == [None, None]
     assert out.column("cat_ocr_overlap").to_pylist() == [None, None]
 
@@ -221,7 +221,7 @@ def test_bad_or_missing_images_get_a_reason_or_stay_unmeasured(cat):
     captions = ["a cup of coffee sits on a saucer", "a dog runs on the grass", "a man rides a bike", "a girl reads a book"]
     images = [jpeg[: len(jpeg) // 3], b"<html>not an image</html>", b"", None]
     out = cat(table(captions, images))
-    assert out.column("reject").to_pylist() == ["cat:undecodable_image"] * 3 + [None]
+    assert out.column("reject").to_pylist() == ["cat_filter:undecodable_image"] * 3 + [None]
     assert out.column("cat_ocr_overlap").to_pylist() == [None, None, None, None]
 
 
@@ -253,7 +253,7 @@ def test_text_spotting_threshold_is_configurable():
     out = relaxed(batch)
     assert out.column("cat_ocr_overlap").to_pylist() == [pytest.approx(0.4)]  # keep, calm of 5 terms
     assert out.column("reject").to_pylist() == [None]
-    assert strict(batch).column("reject").to_pylist() == ["cat:text_spotting"]
+    assert strict(batch).column("reject").to_pylist() == ["cat_filter:text_spotting"]
 
 
 # ------------------------------------------------------------------ config and wiring
@@ -300,13 +300,13 @@ def test_through_the_pipeline_text_spotting_catches_the_sign_images(tmp_path):
 
     rejects = pq.read_table(tmp_path / "out" / "rejects").to_pylist()
     kept = pq.read_table(tmp_path / "out" / "shards").to_pylist()
-    spotted = {r["uid"] for r in rejects if r["reject"] == "cat:text_spotting"}
+    spotted = {r["uid"] for r in rejects if r["reject"] == "cat_filter:text_spotting"}
     signs = {r["uid"] for r in rejects + kept if r["sample_kind"] == "text"}
     assert len(signs) == 4 and spotted == signs
     assert all(r["reject"].startswith("download:") for r in rejects if r["uid"] not in spotted)
     assert all(r["cat_ocr_overlap"] is not None and r["cat_ocr_overlap"] < 0.5 for r in kept)
-    cat_entry = next(s for s in manifest["stages"] if s["name"] == "cat")
-    assert cat_entry["reasons"] == {"cat:text_spotting": 4}
+    cat_entry = next(s for s in manifest["stages"] if s["name"] == "cat_filter")
+    assert cat_entry["reasons"] == {"cat_filter:text_spotting": 4}
     assert manifest["totals"]["input"] == 60 == manifest["totals"]["kept"] + manifest["totals"]["rejected"]
 
 
@@ -335,5 +335,5 @@ def test_actor_pool_on_ray_matches_inline(cat, ray_local):
     got = pa.concat_tables(ray_local.get(ds.to_arrow_refs())).sort_by("uid")
     want = cat(batch)
     assert got.column("reject").to_pylist() == want.column("reject").to_pylist()
-    assert got.column("reject").to_pylist() == ["cat:text_spotting", None, "cat:low_complexity", "cat:no_action", None]
+    assert got.column("reject").to_pylist() == ["cat_filter:text_spotting", None, "cat_filter:low_complexity", "cat_filter:no_action", None]
     assert got.column("cat_ocr_overlap").to_pylist() == want.column("cat_ocr_overlap").to_pylist()
