@@ -15,6 +15,7 @@ STAGES: dict[str, str] = {
     "basic_filter": "clipcurate.filters.basic:BasicFilter",
     "language_filter": "clipcurate.filters.language:LanguageFilter",
     "clip_score": "clipcurate.filters.clip_score:ClipScore",
+    "clip_heads": "clipcurate.filters.heads:ClipHeads",
     "cat_filter": "clipcurate.filters.cat:CatFilter",
     "dedup_exact": "clipcurate.dedup.exact:ExactDedup",
     "dedup_perceptual": "clipcurate.dedup.perceptual:PerceptualDedup",
