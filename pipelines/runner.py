@@ -42,15 +42,14 @@ from clipcurate.pipelines.lock import LOCK_FILE, RunLock
 from clipcurate.pipelines.manifest import build_manifest, project_full_run, write_json_atomic
 from clipcurate.pipelines.readers import input_files, input_fingerprint, read_input_table, split_input
 from clipcurate.pipelines.recipe import Recipe
-from clipcurate.pipelines.stage import REJECT, GlobalStage, Resources, Stage, make_uid, set_column, unit_hash
+from clipcurate.pipelines.stage import GlobalStage, Resources, Stage, make_uid, set_column, unit_hash
 from clipcurate.pipelines.storage import Storage
+from clipcurate.pipelines.writer import COST_CPU, COST_WALL, OutputWriter, cost_columns, kept_rows
 
 WORK = "_work"
 RUN_FILE = "run.json"  # the fingerprint of the run the unfinished work belongs to
 PHASE1_FILE = "_fingerprint.json"  # the phase-1 stages the blocks were made by
 PREVIEW = "preview"  # the folder under --output that a --sample run writes
-COST_WALL = "_cost_wall."
-COST_CPU = "_cost_cpu."
 # Custom resource of the nodes that take CPU-only work (cluster.yaml gives it to the head
 # and the CPU worker type). When a cluster has it, CPU work asks for a sliver of it, so
 # it never runs on GPU nodes and leaves their CPUs to the GPU stages' actors.
@@ -127,7 +126,7 @@ def _run_locked(recipe: Recipe, stages: list[Stage], input_spec, out: Storage, o
         seconds = executor.cost_totals(phase2)  # before the writer drops the cost columns
 
     with _timed(phases, "write"):
-        executor.write(phase2, staging, recipe.output.shard_rows)
+        executor.write(phase2, OutputWriter(out, staging, recipe.output.shard_rows))
         stats_files = _write_stats(phase2_stages, work, staging)
         for name in ("shards", "rejects", "stats"):
             out.move_files(posixpath.join(staging, name), out.path(name))
@@ -415,7 +414,7 @@ def _charge(batch: pa.Table, label: str, spent: _Seconds) -> pa.Table:
 
 def cost_sums(batch: pa.Table) -> pa.Table:
     """A block's cost columns summed, one row per column (the same schema for every block)."""
-    names = _cost_columns(batch)
+    names = cost_columns(batch)
     return pa.table({"column": pa.array(names, pa.string()),
                      "seconds": pa.array([pc.sum(batch.column(n)).as_py() or 0.0 for n in names], pa.float64())})
 
@@ -425,10 +424,6 @@ def _add_up(sums: list[dict]) -> dict[str, float]:
     for row in sums:
         totals[row["column"]] = totals.get(row["column"], 0.0) + row["seconds"]
     return totals
-
-
-def _cost_columns(batch: pa.Table) -> list[str]:
-    return [name for name in batch.column_names if name.startswith((COST_WALL, COST_CPU))]
 
 
 def write_block(batch: pa.Table, store: Storage, out_dir: str) -> pa.Table:
@@ -445,18 +440,6 @@ def write_block(batch: pa.Table, store: Storage, out_dir: str) -> pa.Table:
 
 def drop_uids(batch: pa.Table, exclude: pa.Array) -> pa.Table:
     return batch.filter(pc.invert(pc.is_in(batch.column("uid"), value_set=exclude)))
-
-
-def kept_rows(batch: pa.Table) -> pa.Table:
-    """Kept rows as the shards (and a global stage's fit) get them: without cost columns."""
-    kept = batch.filter(pc.is_null(batch.column(REJECT)))
-    return kept.drop_columns(_cost_columns(kept))
-
-
-def rejected_rows(batch: pa.Table) -> pa.Table:
-    """Rejected rows as the rejects get them: without image bytes and cost columns."""
-    rejected = batch.filter(pc.is_valid(batch.column(REJECT)))
-    return rejected.drop_columns([c for c in rejected.column_names if c == "image"] + _cost_columns(rejected))
 
 
 def _needs_actor(stage: Stage, resources: Resources) -> bool:
@@ -512,12 +495,8 @@ class InlineExecutor:
     def cost_totals(self, phase2: _Phase2) -> dict[str, float]:
         return _add_up(cost_sums(phase2.rows).to_pylist())
 
-    def write(self, phase2: _Phase2, staging: str, shard_rows: int) -> None:
-        kept, rejected = kept_rows(phase2.rows), rejected_rows(phase2.rows)
-        for name, part, rows in (("shards", kept, shard_rows), ("rejects", rejected, 100_000)):
-            for number, start in enumerate(range(0, part.num_rows, rows)):
-                path = posixpath.join(staging, name, f"part-{number:05d}.parquet")
-                self.store.write_parquet(part.slice(start, rows), path)
+    def write(self, phase2: _Phase2, writer: OutputWriter) -> None:
+        writer.write_table(phase2.rows)
 
 
 def _in_batches(table: pa.Table, batch_size: int | None, fn) -> pa.Table:
@@ -712,14 +691,8 @@ class RayExecutor:
     def cost_totals(self, phase2: _Phase2) -> dict[str, float]:
         return _add_up(self._map_blocks(phase2.rows, cost_sums, 1.0).take_all())
 
-    def write(self, phase2: _Phase2, staging: str, shard_rows: int) -> None:
-        kept = self._map_blocks(phase2.rows, kept_rows, 1.0)
-        rejected = self._map_blocks(phase2.rows, rejected_rows, 1.0)
-        for name, part, rows in (("shards", kept, shard_rows), ("rejects", rejected, 100_000)):
-            target = posixpath.join(staging, name)
-            part.write_parquet(target, filesystem=self.store.fs, min_rows_per_file=min(rows, 1000),
-                               max_rows_per_file=rows, ray_remote_args=self._cpu_args(1.0))
-            _rename_sequential(self.store, target)
+    def write(self, phase2: _Phase2, writer: OutputWriter) -> None:
+        writer.write_dataset(phase2.rows, lambda ds, fn: self._map_blocks(ds, fn, 1.0), self._cpu_args(1.0))
 
     def _phase2_budgets(self, stages: list[Stage]) -> tuple[dict[int, "_Budget"], dict[int, "_Budget"]]:
         """Phase 2 is one plan per global stage: from the previous global stage's apply
@@ -778,9 +751,3 @@ def _driver_node_gpus(ray) -> float:
     here = ray.get_runtime_context().get_node_id()
     return next((n["Resources"].get("GPU", 0) for n in ray.nodes() if n["NodeID"] == here), 0)
 
-
-def _rename_sequential(store: Storage, directory: str) -> None:
-    """Ray names files by write task; the output uses part-00000.parquet, ..."""
-    store.makedirs(directory)
-    for number, path in enumerate(store.list_files(directory, ".parquet")):
-        store.move(path, posixpath.join(directory, f"part-{number:05d}.parquet"))

@@ -14,7 +14,7 @@ import ray
 from pydantic import ValidationError
 
 from clipcurate.curation.metaclip import MetaClipBalance, entry_probs, p_to_t, t_to_p
-from clipcurate.pipelines.runner import kept_rows
+from clipcurate.pipelines.writer import kept_rows
 from clipcurate.pipelines.stage import make_uid
 
 N_ENTRIES = 2000
