@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import posixpath
+import tarfile
 import time
 from dataclasses import dataclass, field
 from typing import Literal
@@ -45,7 +46,7 @@ from clipcurate.pipelines.storage import Storage
 
 FORMATS = ("webdataset", "uids")
 UID_DTYPE = np.dtype("u8,u8")
-TAR_MTIME = 0.0  # reproducible tars: the same rows give the same bytes
+TAR_MTIME = 0  # reproducible tars: the same rows give the same bytes (an int: a float mtime costs a pax header per member)
 WORK = "_export"
 # Embedding columns go to .npy members (with ``embeddings``), never into the JSON.
 EMBEDDING_SUFFIX = "_emb"
@@ -333,12 +334,14 @@ def write_tar(source: Storage, out: Storage, tar: TarPlan, members: dict) -> dic
     with out.open_output(path) as stream:
         sink = _Hashing(stream, digest)
         with TarWriter(sink, encoder=False, mtime=TAR_MTIME, user="clipcurate", group="clipcurate") as writer:
+            writer.tarstream.format = tarfile.USTAR_FORMAT  # TarWriter computes its format but does not pass it on
             for file, pieces in by_file.items():
                 with source.fs.open_input_file(file) as handle:
                     parquet = pq.ParquetFile(handle)
                     for piece in pieces:
                         table = parquet.read_row_group(piece.group).slice(piece.start, piece.stop - piece.start)
                         _write_rows(writer, table, members, pl)
+        sink.flush()
         size = sink.size
     return {"name": tar.name, "rows": tar.rows, "bytes": size, "sha256": digest.hexdigest()}
 
@@ -394,22 +397,29 @@ def _extension(data: bytes, uid: str) -> str:
 
 
 class _Hashing:
-    """A write-only stream that hashes and counts what passes through to ``stream``."""
+    """A write-only stream that hashes and counts what passes through to ``stream``,
+    in chunks of ``chunk`` bytes (tarfile's stream mode writes 10 KiB records: one
+    hash update and one filesystem write per record would dominate)."""
 
-    def __init__(self, stream, digest):
-        self.stream, self.digest, self.size = stream, digest, 0
+    def __init__(self, stream, digest, chunk: int = 8 << 20):
+        self.stream, self.digest, self.size, self.chunk = stream, digest, 0, chunk
+        self.buffer = bytearray()
 
     def write(self, data) -> int:
-        self.digest.update(data)
+        self.buffer += data
         self.size += len(data)
-        self.stream.write(data)
+        if len(self.buffer) >= self.chunk:
+            self.flush()
         return len(data)
 
     def flush(self) -> None:
-        pass
+        if self.buffer:
+            self.digest.update(self.buffer)
+            self.stream.write(bytes(self.buffer))
+            self.buffer.clear()
 
     def tell(self) -> int:
         return self.size
 
     def close(self) -> None:  # the Storage context closes the real stream
-        pass
+        self.flush()
