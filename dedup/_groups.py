@@ -21,6 +21,13 @@ Curator's fuzzy workflow: signatures -> LSH buckets -> connected components):
 
 Each bucket is processed in uid order and the groups do not depend on which partition
 a row came from, so the result is the same for any partitioning.
+
+Against earlier releases (issue 16, ``dedup/_against.py``): the releases' rows join the
+buckets with a prefixed uid and a keep-rule score of +inf, so a group holding a release
+row keeps it and its new members become ``duplicate_of_release=<earlier uid>``. Only
+release rows whose bucket code some new row has (a bitset of the new rows' codes,
+false positives only) are shuffled, and only buckets holding a new row are verified, so
+the fit costs the new pool plus the release rows it collides with, not the release.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from clipcurate.pipelines.release import NO_CONTEXT, RELEASE_UID_PREFIX
 from clipcurate.pipelines.stage import GlobalStage, Stage, ensure_columns, kept_mask, reject_rows
 
 SCORE = "clip_score"
@@ -67,10 +75,15 @@ def keep_order(uids: np.ndarray, scores: np.ndarray) -> np.ndarray:
     return np.lexsort((uids, -scores))
 
 
-def link_buckets(ds, keys: list[str], pairs_fn: PairsFn, shards: int | None = None) -> tuple[pa.Table, int]:
+def link_buckets(ds, keys: list[str], pairs_fn: PairsFn, shards: int | None = None, against=None
+                 ) -> tuple[pa.Table, int]:
     """Group rows that share the bucket ``keys`` across the cluster; return the duplicates
     (DUPLICATES_SCHEMA, after union-find and the keep rule) and how many candidate pairs
     were verified.
+
+    ``against``: rows of earlier releases, with the columns of ``ds`` (``_against.release_rows``);
+    only those in a bucket with a row of ``ds`` are grouped, and the duplicates returned
+    are rows of ``ds`` only (their survivor may be a release row, by its prefixed uid).
 
     Buckets are spread over ``shards`` hash shards (Ray Data groupby on the shard id), and
     each shard finds its buckets with one vectorised sort, so the per-group call overhead
@@ -101,6 +114,9 @@ def link_buckets(ds, keys: list[str], pairs_fn: PairsFn, shards: int | None = No
         starts = np.flatnonzero(change)
         sizes = np.diff(np.append(starts, shard.num_rows))
         multi = sizes > 1
+        if against is not None:  # a bucket of release rows only is not this run's business
+            fresh = ~pc.starts_with(shard.column("uid"), RELEASE_UID_PREFIX).to_numpy(zero_copy_only=False)
+            multi &= np.add.reduceat(fresh.astype(np.int64), starts) > 0
         if not multi.any():
             return SHARD_SCHEMA.empty_table()
         i, j, compared = pairs_fn(shard, starts[multi], sizes[multi])
@@ -110,6 +126,12 @@ def link_buckets(ds, keys: list[str], pairs_fn: PairsFn, shards: int | None = No
         return pa.concat_tables([links, count])
 
     sharded = ds.map_batches(add_shard, batch_format="pyarrow")
+    if against is not None:
+        sharded = sharded.materialize()  # read twice: for its codes, then for the groupby
+        codes = ray.put(code_filter(sharded))
+        colliding = against.map_batches(add_shard, batch_format="pyarrow").map_batches(
+            _in_code_filter, fn_kwargs={"codes": codes}, batch_format="pyarrow")
+        sharded = sharded.union(colliding)
     star = StarForest()
     with sort_shuffle(sharded):
         grouped = sharded.groupby("_shard", num_partitions=min(shards, 200))
@@ -119,7 +141,50 @@ def link_buckets(ds, keys: list[str], pairs_fn: PairsFn, shards: int | None = No
         if table.num_rows:
             star.add(table.cast(SHARD_SCHEMA))
         del table
-    return star.duplicates(), star.comparisons
+    duplicates = star.duplicates()
+    if against is not None:
+        duplicates = duplicates.filter(pc.invert(pc.starts_with(duplicates.column("uid"), RELEASE_UID_PREFIX)))
+    return duplicates, star.comparisons
+
+
+def code_filter(sharded, bits_per_code: int = 16, max_bits: int = 1 << 31) -> np.ndarray:
+    """A bitset of the bucket codes of ``sharded`` (one bit per code, at the code's top
+    bits): a release row whose code's bit is clear shares no bucket with a new row. About
+    ``bits_per_code`` bits per code (false positives ~1/16; they cost shuffle, never a
+    wrong link), at most 256 MiB; the codes stream to the driver block by block."""
+    import ray
+
+    count = sharded.count()  # materialised: from the blocks' metadata
+    width = int(min(np.log2(max_bits), max(16, np.ceil(np.log2(max(count, 1) * bits_per_code)))))
+    bits = np.zeros((1 << width) // 8, dtype=np.uint8)
+    codes = sharded.map_batches(_codes_only, batch_format="pyarrow", batch_size=None)
+    for ref in codes.to_arrow_refs():  # one block's codes on the driver at a time
+        table = ray.get(ref)
+        if table.num_rows == 0:  # an empty block may carry no columns
+            continue
+        position = table.column(BUCKET_CODE).to_numpy() >> np.uint64(64 - width)
+        del table
+        np.bitwise_or.at(bits, (position >> np.uint64(3)).astype(np.int64),
+                         (np.uint8(1) << (position & np.uint64(7)).astype(np.uint8)))
+    return bits
+
+
+def _codes_only(table: pa.Table) -> pa.Table:
+    column = table.column(BUCKET_CODE) if table.num_rows else pa.array([], pa.uint64())
+    return pa.table({BUCKET_CODE: column})
+
+
+def _in_code_filter(table: pa.Table, codes) -> pa.Table:
+    """Rows whose bucket code is set in the bitset ``codes`` (an object ref, shared by the tasks)."""
+    import ray
+
+    if table.num_rows == 0:
+        return table
+    bits = ray.get(codes) if isinstance(codes, ray.ObjectRef) else codes
+    width = int(np.log2(len(bits) * 8))
+    position = table.column(BUCKET_CODE).to_numpy() >> np.uint64(64 - width)
+    hit = (bits[(position >> np.uint64(3)).astype(np.int64)] >> (position & np.uint64(7)).astype(np.uint8)) & 1
+    return table.filter(pa.array(hit.astype(bool)))
 
 
 class StarForest:
@@ -350,13 +415,32 @@ class DuplicateLookup:
         return self.uids[pos] == query, pos
 
     def table(self) -> pa.Table:
-        return pa.table(
-            {"uid": [u.decode() for u in self.uids], "duplicate_of": [u.decode() for u in self.duplicate_of]},
-            schema=DUPLICATES_SCHEMA,
-        )
+        """(uid, duplicate_of) per duplicate; with releases, ``release``: the index of the
+        ``--against`` release that holds ``duplicate_of`` (null: a row of this run)."""
+        survivors = [u.decode() for u in self.duplicate_of]
+        table = pa.table({"uid": [u.decode() for u in self.uids], "duplicate_of": [release_uid(s)[1] for s in survivors]},
+                         schema=DUPLICATES_SCHEMA)
+        if any(s.startswith(RELEASE_UID_PREFIX) for s in survivors):
+            table = table.append_column("release", pa.array([release_uid(s)[0] for s in survivors], pa.int32()))
+        return table
 
     def groups(self) -> int:
         return len(np.unique(self.duplicate_of))
+
+    def of_release(self) -> dict[int, int]:
+        """Duplicates whose survivor is a release row, per release index."""
+        prefix = RELEASE_UID_PREFIX.encode()
+        found = [release_uid(s.decode())[0] for s in self.duplicate_of if s.startswith(prefix)]
+        return {int(k): int(v) for k, v in zip(*np.unique(np.array(found, dtype=np.int64), return_counts=True))}
+
+
+def release_uid(uid: str) -> tuple[int | None, str]:
+    """(release index, earlier uid) of a prefixed release uid (``_against.as_release_rows``);
+    (None, uid) for a uid of this run."""
+    if not uid.startswith(RELEASE_UID_PREFIX):
+        return None, uid
+    index, _, earlier = uid[len(RELEASE_UID_PREFIX):].partition(":")
+    return int(index), earlier
 
 
 def reject_duplicates(stage: Stage, batch: pa.Table, lookup: DuplicateLookup) -> pa.Table:
@@ -367,22 +451,35 @@ def reject_duplicates(stage: Stage, batch: pa.Table, lookup: DuplicateLookup) ->
     mask = found & kept_mask(batch)
     if not mask.any():
         return batch
-    prefix = stage.reason("duplicate_of=")
     reasons = np.full(batch.num_rows, None, dtype=object)
-    reasons[mask] = [prefix + s.decode() for s in lookup.duplicate_of[pos[mask]]]
+    reasons[mask] = [_duplicate_reason(stage, s.decode()) for s in lookup.duplicate_of[pos[mask]]]
     return reject_rows(batch, mask, reasons)
 
 
-def summary_of(lookup: DuplicateLookup, comparisons: int = 0) -> dict:
-    """``comparisons``: candidate pairs verified (linear in rows, also on templates)."""
-    return {"duplicates": len(lookup), "groups": lookup.groups(), "comparisons": int(comparisons)}
+def _duplicate_reason(stage: Stage, survivor: str) -> str:
+    """``duplicate_of=<uid>`` (a row of this run), ``duplicate_of_release=<uid>`` (an earlier release's row)."""
+    release, uid = release_uid(survivor)
+    return stage.reason(f"duplicate_of={uid}" if release is None else f"duplicate_of_release={uid}")
+
+
+def summary_of(lookup: DuplicateLookup, comparisons: int = 0, releases=()) -> dict:
+    """``comparisons``: candidate pairs verified (linear in rows, also on templates);
+    with releases, how many duplicates each one held (``duplicates_of_release``)."""
+    facts = {"duplicates": len(lookup), "groups": lookup.groups(), "comparisons": int(comparisons)}
+    if releases:
+        per_release = lookup.of_release()
+        facts["duplicates_of_release"] = {r.location: per_release.get(i, 0) for i, r in enumerate(releases)}
+    return facts
 
 
 class DedupStage(GlobalStage):
     """What every dedup kind does once ``fit`` has stored its duplicates: reject them
     with ``<label>:duplicate_of=<survivor>``, and report them to the audit. Subclasses
     write ``prepare`` (per-row hashes) and ``fit`` (grouping into ``self._duplicates``,
-    counting verified pairs in ``self._comparisons``)."""
+    counting verified pairs in ``self._comparisons``). ``context`` (set by the runner)
+    names the earlier releases every fit also matches against (``dedup/_against.py``)."""
+
+    context = NO_CONTEXT
 
     def __init__(self, config=None, **params):
         super().__init__(config, **params)
@@ -396,7 +493,7 @@ class DedupStage(GlobalStage):
         return {"duplicates": self._duplicates.table()}
 
     def summary(self) -> dict:
-        return summary_of(self._duplicates, self._comparisons)
+        return summary_of(self._duplicates, self._comparisons, self.context.releases)
 
 
 # ------------------------------------------------------------------ private helpers

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from clipcurate.dedup import _groups
+from clipcurate.dedup import _against, _groups
 from clipcurate.pipelines.stage import StageConfig, ensure_columns, kept_mask, set_column
 
 
@@ -49,7 +49,10 @@ class ExactDedup(_groups.DedupStage):
         key = self._key_column()
         ds = ds.select_columns([key, *_groups.rank_columns(ds.columns())])
         ds = ds.map_batches(lambda t: t.filter(t.column(key).is_valid()), batch_format="pyarrow")
-        duplicates, self._comparisons = _groups.link_buckets(ds, [key], _all_linked)
+        # a release's shards hold the column when dedup_exact made it (a pure function of the bytes)
+        ds, against = _against.with_releases(self, ds, [key], spec={"key": self.config.key}, stored=lambda r: True,
+                                             derive=self.prepare, reads=("image",))
+        duplicates, self._comparisons = _groups.link_buckets(ds, [key], _all_linked, against=against)
         self._duplicates = _groups.DuplicateLookup(duplicates)
 
     def summary(self) -> dict:

@@ -44,7 +44,7 @@ import pyarrow.compute as pc
 from datasketch import MinHash, MinHashLSH
 from pydantic import Field, model_validator
 
-from clipcurate.dedup import _groups
+from clipcurate.dedup import _against, _groups
 from clipcurate.dedup.perceptual import PHASH_RADIUS, hamming, hash_bands, image_hash
 from clipcurate.pipelines.stage import StageConfig, ensure_columns, kept_mask, set_column
 
@@ -180,9 +180,32 @@ class MinHashDedup(_groups.DedupStage):
             rank = _groups.member_rank(shard, rows, value_columns)
             return _groups.value_pairs(value_ids, rows, run, rank, similar)
 
+        ds, against = _against.with_releases(
+            self, ds, ["minhash_bands", *extra], spec=self._signature_spec(), stored=self._same_signatures,
+            derive=self.prepare, reads=("caption", "image", "phash"))
         exploded = ds.map_batches(explode, batch_format="pyarrow")
-        duplicates, self._comparisons = _groups.link_buckets(exploded, ["band", "bucket"], near_pairs)
+        if against is not None:
+            against = against.map_batches(explode, batch_format="pyarrow")
+        duplicates, self._comparisons = _groups.link_buckets(exploded, ["band", "bucket"], near_pairs, against=against)
         self._duplicates = _groups.DuplicateLookup(duplicates)
+
+    def _signature_spec(self) -> dict:
+        """What a row's ``minhash_bands`` (and pHash) depend on."""
+        cfg = self.config
+        return {"num_perm": cfg.num_perm, "seed": cfg.seed, "ngram": cfg.ngram, "ngram_size": cfg.ngram_size,
+                "bands": self.bands, "rows": self.rows, "match": cfg.match}
+
+    def _same_signatures(self, release) -> bool:
+        """Whether the release's stored ``minhash_bands`` are what this stage computes: made
+        by a dedup_minhash with the same permutations, shingles and banding."""
+        mine = self._signature_spec()
+        for entry in release.stage_entries(self.name):
+            params, summary = entry.get("params", {}), entry.get("summary", {})
+            theirs = {k: params.get(k) for k in ("num_perm", "seed", "ngram", "ngram_size", "match")}
+            theirs |= {"bands": summary.get("bands"), "rows": summary.get("rows")}
+            if theirs == mine:
+                return True
+        return False
 
     def shingles(self, caption: str) -> set[str]:
         """The shingle set of a caption (n-grams of the normalised text)."""

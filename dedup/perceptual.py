@@ -35,7 +35,7 @@ import pyarrow as pa
 from PIL import Image
 from pydantic import Field
 
-from clipcurate.dedup import _groups
+from clipcurate.dedup import _against, _groups
 from clipcurate.pipelines.stage import StageConfig, ensure_columns, kept_mask, set_column
 
 HASH_BITS = 64
@@ -107,8 +107,13 @@ class PerceptualDedup(_groups.DedupStage):
             rank = _groups.member_rank(shard, rows, kinds)
             return _groups.value_pairs(value_ids.reshape(-1), rows, run, rank, within)
 
+        # pHash/dHash are pure functions of the image bytes: a release's stored columns serve as they are
+        ds, against = _against.with_releases(self, ds, kinds, spec={"hashes": kinds}, stored=lambda r: True,
+                                             derive=self.prepare, reads=("image",))
         exploded = ds.map_batches(explode, batch_format="pyarrow")
-        duplicates, self._comparisons = _groups.link_buckets(exploded, ["band", "bucket"], near_pairs)
+        if against is not None:
+            against = against.map_batches(explode, batch_format="pyarrow")
+        duplicates, self._comparisons = _groups.link_buckets(exploded, ["band", "bucket"], near_pairs, against=against)
         self._duplicates = _groups.DuplicateLookup(duplicates)
 
     def summary(self) -> dict:

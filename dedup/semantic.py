@@ -19,6 +19,13 @@ first point is kept, and every later point within 1 - eps of a kept point is rem
 as ``duplicate_of`` that kept point. k-means (spherical, k-means++ init, torch) is fit
 on a deterministic uid-hash sample sorted by uid, and the per-cluster work sees each
 cluster's rows in a fixed order, so the result does not depend on partitioning.
+
+Against earlier releases (issue 16): the releases' embeddings (``clip_image_emb`` in their
+shards; never recomputed here, that needs the clip_score stage's model) join the
+clustering, and inside a cluster a release point is always kept: a new point within
+1 - eps of one is ``duplicate_of_release`` it, the rest walk as above. Only new points
+are compared (new x cluster, not cluster x cluster), and clusters without a new point
+are skipped. The embeddings must come from the model the new run scores with.
 """
 
 from __future__ import annotations
@@ -27,7 +34,8 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from clipcurate.dedup import _groups
+from clipcurate.dedup import _against, _groups
+from clipcurate.pipelines.release import RELEASE_UID_PREFIX
 from clipcurate.pipelines.stage import StageConfig, unit_hash
 
 EMBEDDING = "clip_image_emb"
@@ -66,7 +74,14 @@ class SemanticDedup(_groups.DedupStage):
     def fit(self, ds) -> None:
         cfg = self.config
         ds = ds.select_columns([EMBEDDING, *_groups.rank_columns(ds.columns())])
-        ds = ds.map_batches(lambda t: t.filter(t.column(EMBEDDING).is_valid()), batch_format="pyarrow").materialize()
+        valid = lambda t: t.filter(t.column(EMBEDDING).is_valid())  # noqa: E731
+        ds = ds.map_batches(valid, batch_format="pyarrow")
+        ds, against = _against.with_releases(self, ds, [EMBEDDING], spec={}, stored=lambda r: True, derive=None,
+                                             keep=valid)
+        if against is not None:  # one column type on both sides (float16 and float32 releases alike)
+            ds = ds.map_batches(_float32_embeddings, batch_format="pyarrow").union(
+                against.map_batches(_float32_embeddings, batch_format="pyarrow"))
+        ds = ds.materialize()
         rows = ds.count()
         if rows < 2:
             return
@@ -93,11 +108,14 @@ class SemanticDedup(_groups.DedupStage):
             if cluster.num_rows < 2:
                 return _groups.DUPLICATES_SCHEMA.empty_table()
             uids = cluster.column("uid").to_numpy(zero_copy_only=False).astype(str)
+            pinned = np.char.startswith(uids, RELEASE_UID_PREFIX)  # an earlier release's point: always kept
+            if pinned.all():
+                return _groups.DUPLICATES_SCHEMA.empty_table()
             order = _groups.keep_order(uids, _groups.scores_of(cluster))
-            uids, points = uids[order], embeddings(cluster)[order]
+            uids, points, pinned = uids[order], embeddings(cluster)[order], pinned[order]
             removed_uids, kept_uids = [], []
             for part in split_oversize(points, cap, seed):  # each part in keep order
-                removed, kept_by = greedy_semdedup(points[part], threshold)
+                removed, kept_by = greedy_semdedup(points[part], threshold, pinned=pinned[part])
                 removed_uids.append(uids[part][removed])
                 kept_uids.append(uids[part][kept_by[removed]])
             return pa.table(
@@ -128,9 +146,16 @@ def embeddings(table: pa.Table, column: str = EMBEDDING) -> np.ndarray:
     return matrix / np.maximum(norms, 1e-12)
 
 
-def greedy_semdedup(points: np.ndarray, threshold: float, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+def greedy_semdedup(points: np.ndarray, threshold: float, chunk: int = 2048, pinned: np.ndarray | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """Walk ``points`` (rows in keep order): keep a point unless it is > threshold cosine
-    to an earlier kept point. Returns (removed mask, index of the kept point that removed it)."""
+    to an earlier kept point. Returns (removed mask, index of the kept point that removed it).
+
+    ``pinned`` (the points of earlier releases, first in keep order): always kept; every
+    other point within the threshold of one is removed by it (the most similar), and
+    only the others walk. Costs rows x (pinned + others) for the others only."""
+    if pinned is not None and pinned.any():
+        return _greedy_with_pinned(points, threshold, chunk, pinned)
     n = len(points)
     src, dst = [], []
     for start in range(0, n, chunk):
@@ -155,6 +180,34 @@ def greedy_semdedup(points: np.ndarray, threshold: float, chunk: int = 2048) -> 
         removed[neighbours] = True
         kept_by[neighbours] = point
     return removed, kept_by
+
+
+def _greedy_with_pinned(points: np.ndarray, threshold: float, chunk: int, pinned: np.ndarray
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    n = len(points)
+    removed = np.zeros(n, dtype=bool)
+    kept_by = np.full(n, -1, dtype=np.int64)
+    fixed, free = np.flatnonzero(pinned), np.flatnonzero(~pinned)
+    for start in range(0, len(free), chunk):
+        rows = free[start : start + chunk]
+        similarity = points[rows] @ points[fixed].T
+        nearest = similarity.argmax(1)
+        near = similarity[np.arange(len(rows)), nearest] > threshold
+        removed[rows[near]] = True
+        kept_by[rows[near]] = fixed[nearest[near]]
+    rest = free[~removed[free]]
+    if len(rest) > 1:
+        rest_removed, rest_kept_by = greedy_semdedup(points[rest], threshold, chunk)
+        removed[rest[rest_removed]] = True
+        kept_by[rest[rest_removed]] = rest[rest_kept_by[rest_removed]]
+    return removed, kept_by
+
+
+def _float32_embeddings(table: pa.Table) -> pa.Table:
+    """The embedding column as list<float32> (a release may store another float width)."""
+    column = pa.chunked_array([chunk.cast(pa.list_(pa.float32())) for chunk in table.column(EMBEDDING).chunks],
+                              pa.list_(pa.float32()))
+    return table.set_column(table.schema.get_field_index(EMBEDDING), EMBEDDING, column)
 
 
 def split_oversize(points: np.ndarray, cap: int, seed: int) -> list[np.ndarray]:

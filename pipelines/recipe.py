@@ -50,10 +50,21 @@ class Recipe(BaseModel):
         description="flag a stage (the input reader too) that removes more than this share of the rows it receives",
     )
     stages: list[dict] = Field(default_factory=list)
+    against: list[str] = Field(
+        default_factory=list,
+        description="earlier releases (finished run outputs) to curate against: dedup matches them, MetaCLIP "
+        "continues their counts (pipelines/release.py; `curate run --against`)",
+    )
+    blocklist: list[str] = Field(
+        default_factory=list,
+        description="blocklist files (uids, URLs, sha256, perceptual hashes): adds blocklist stages before and "
+        "after the download (dedup/blocklist.py; `curate run --blocklist`)",
+    )
 
 
-def load_recipe(path: str | Path) -> tuple[Recipe, list[Stage]]:
-    """Read and validate a recipe file; returns the recipe and its built stages."""
+def load_recipe(path: str | Path, *, against=(), blocklist=()) -> tuple[Recipe, list[Stage]]:
+    """Read and validate a recipe file; returns the recipe and its built stages.
+    ``against`` and ``blocklist`` (the ``curate run`` flags) add to the recipe's own."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -61,7 +72,11 @@ def load_recipe(path: str | Path) -> tuple[Recipe, list[Stage]]:
         raise RecipeError(f"{path}: recipe file not found") from None
     except yaml.YAMLError as err:
         raise RecipeError(f"{path}: not valid YAML ({_one_line(str(err))})") from None
-    return parse_recipe(expand_env(raw if raw is not None else {}, str(path)), source=str(path))
+    raw = expand_env(raw if raw is not None else {}, str(path))
+    if (against or blocklist) and isinstance(raw, dict):
+        raw = {**raw, "against": [*raw.get("against", []), *map(str, against)],
+               "blocklist": [*raw.get("blocklist", []), *map(str, blocklist)]}
+    return parse_recipe(raw, source=str(path))
 
 
 def expand_env(value, where: str):
@@ -93,8 +108,24 @@ def parse_recipe(raw: dict, source: str = "recipe") -> tuple[Recipe, list[Stage]
     except ValidationError as err:
         raise RecipeError(f"{source}: {_first_error(err)}") from None
     stages = build_stages(recipe.stages, source=source, seed=recipe.seed)
+    if recipe.blocklist:
+        stages = blocklist_stages(stages, recipe.blocklist)
     check_columns(stages, source=source)
     return recipe, stages
+
+
+def blocklist_stages(stages: list[Stage], paths: list[str]) -> list[Stage]:
+    """``stages`` with the blocklist checked where each kind can be: uids and URLs first
+    (before any download), image hashes right after the download; without a download
+    (images in the input) one stage checks every kind first."""
+    cls = stage_class("blocklist")
+    download = max((i + 1 for i, s in enumerate(stages) if s.checkpoint), default=0)
+    if download == 0:
+        return [cls(paths=list(paths)), *stages]
+    before = cls(paths=list(paths), check=["uid", "url"])
+    after = cls(paths=list(paths), check=["sha256", "phash"])
+    after.label = "blocklist_image"
+    return [before, *stages[:download], after, *stages[download:]]
 
 
 def build_stages(entries: list, source: str = "recipe", seed: int | None = None) -> list[Stage]:

@@ -22,6 +22,7 @@ STAGES: dict[str, str] = {
     "dedup_minhash": "clipcurate.dedup.minhash:MinHashDedup",
     "dedup_semantic": "clipcurate.dedup.semantic:SemanticDedup",
     "decontaminate": "clipcurate.dedup.decontaminate:Decontaminate",
+    "blocklist": "clipcurate.dedup.blocklist:BlocklistFilter",
     "metaclip": "clipcurate.curation.metaclip:MetaClipBalance",
 }
 

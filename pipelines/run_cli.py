@@ -38,14 +38,28 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="when OUTPUT holds unfinished work made under another recipe: redo the work from the "
                              "first changed stage, keeping what still holds (the download, unless its own "
                              "parameters changed) (default), or stop with an error naming that stage")
+    parser.add_argument("--against", action="append", default=[], metavar="RELEASE",
+                        help="curate incrementally against an earlier release (the output folder of a finished "
+                             "run; repeat for several): every dedup stage also rejects new pairs that duplicate the "
+                             "release's kept pairs (<stage>:duplicate_of_release=<earlier uid>) and MetaCLIP "
+                             "continues from its entry counts; the release is only read. Example: curate run "
+                             "recipe.yaml --input crawl-2024-06/ --output rel-2024-06/ --against rel-2024-01/")
+    parser.add_argument("--against-cache", default=None, metavar="DIR",
+                        help="where hashes and signatures of the --against releases are cached, computed once "
+                             "(default: OUTPUT/_work/against; share one folder between runs to reuse them)")
+    parser.add_argument("--blocklist", action="append", default=[], metavar="FILE",
+                        help="samples that must never come back (repeatable): parquet/csv/jsonl with columns uid, "
+                             "url, sha256, phash, or txt lines 'url:...', 'sha256:...'; URLs and uids are checked "
+                             "before the download (blocklist:url, blocklist:uid), image hashes after it "
+                             "(blocklist_image:sha256, blocklist_image:phash=<blocked hash>)")
     parser.add_argument("--inline", action="store_true", help="run stages in this process (debugging, small data)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
 def run(args: argparse.Namespace) -> int:
-    recipe, stages = load_recipe(args.recipe)
+    recipe, stages = load_recipe(args.recipe, against=args.against, blocklist=args.blocklist)
     options = RunOptions(address=args.address, inline=args.inline, force=args.force, on_change=args.on_change,
-                         progress=not args.no_progress, num_cpus=args.num_cpus)
+                         progress=not args.no_progress, num_cpus=args.num_cpus, release_cache=args.against_cache)
     if args.sample is not None:
         manifest = run_preview(recipe, stages, args.input, args.output, args.sample, options,
                                recipe_source=args.recipe)

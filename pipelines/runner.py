@@ -42,6 +42,7 @@ from clipcurate.pipelines.lock import LOCK_FILE, RunLock
 from clipcurate.pipelines.manifest import build_manifest, project_full_run, write_json_atomic
 from clipcurate.pipelines.readers import input_files, input_fingerprint, read_input_table, split_input
 from clipcurate.pipelines.recipe import Recipe
+from clipcurate.pipelines.release import NO_CONTEXT, RunContext, bind, open_context, with_releases
 from clipcurate.pipelines.stage import GlobalStage, Resources, Stage, make_uid, set_column, unit_hash
 from clipcurate.pipelines.storage import Storage
 from clipcurate.pipelines.writer import COST_CPU, COST_WALL, OutputWriter, cost_columns, kept_rows
@@ -67,6 +68,7 @@ class RunOptions:
     on_change: str = "recompute"  # unfinished work made under another recipe: "recompute" or "refuse"
     progress: bool = True
     num_cpus: int | None = None
+    release_cache: str | None = None  # where stages cache what they derive from --against releases (default OUT/_work/against)
 
 
 def run_pipeline(recipe: Recipe, stages: list[Stage], input_spec, output: str | Storage,
@@ -88,7 +90,9 @@ def _run_locked(recipe: Recipe, stages: list[Stage], input_spec, out: Storage, o
     phases: dict[str, float] = {}
     if options.force:
         _clear(out)
-    fingerprint = run_fingerprint(recipe, stages, input_spec)
+    context = open_context(recipe.against, options.release_cache or out.uri(out.path(WORK, "against")))
+    bind(stages, context)
+    fingerprint = run_fingerprint(recipe, stages, input_spec, context)
     if out.exists(out.path("manifest.json")):
         return _finished(out, fingerprint)
     work = out.child(WORK)
@@ -138,6 +142,8 @@ def _run_locked(recipe: Recipe, stages: list[Stage], input_spec, out: Storage, o
     )
     manifest["fingerprint"] = fingerprint
     manifest["resume"] = resume
+    if context.releases:
+        manifest["against"] = [r.describe() for r in context.releases]
     write_json_atomic(out, out.path("manifest.json"), manifest)
     work.rmtree(staging)
     return manifest
@@ -202,11 +208,16 @@ def _sample_input(input_spec, recipe: Recipe, rows: int) -> _Sample:
 # ------------------------------------------------------------------ run bookkeeping: resume, phases, costs
 
 
-def run_fingerprint(recipe: Recipe, stages: list[Stage], input_spec) -> dict:
+def run_fingerprint(recipe: Recipe, stages: list[Stage], input_spec, context: RunContext = NO_CONTEXT) -> dict:
     """What this run's output is a function of: the input files and how they are read,
-    the recipe seed, and each stage up to itself (``pipelines/fingerprint.py``)."""
+    the recipe seed, and each stage up to itself (``pipelines/fingerprint.py``); with
+    ``--against``, the earlier releases, from the first global stage on (``pipelines/release.py``)."""
     source = input_fingerprint(input_spec, recipe.input)
-    return {"input": fp.digest(source), "seed": recipe.seed, "stages": fp.chain(source, stages)}
+    fingerprint = {"input": fp.digest(source), "seed": recipe.seed,
+                   "stages": with_releases(fp.chain(source, stages), stages, context)}
+    if context.releases:
+        fingerprint["against"] = [r.digest for r in context.releases]
+    return fingerprint
 
 
 def _clear(out: Storage) -> None:

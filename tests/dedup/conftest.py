@@ -96,3 +96,40 @@ def reasons(table: pa.Table) -> dict[str, str | None]:
 @pytest.fixture
 def reasons_of():
     return reasons
+
+
+def write_release(folder, table: pa.Table, stages: list[dict] | None = None, stats: dict | None = None) -> str:
+    """A release folder as ``curate run`` leaves it, made by hand: one shard of ``table``
+    and a manifest that lists it (with ``stages`` entries and ``stats`` tables)."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    shards = folder / "shards"
+    shards.mkdir(parents=True)
+    pq.write_table(table, shards / "part-00000.parquet")
+    listed = {}
+    for key, stat in (stats or {}).items():
+        (folder / "stats").mkdir(exist_ok=True)
+        pq.write_table(stat, folder / "stats" / f"{key}.parquet")
+        listed[key] = f"stats/{key}.parquet"
+    manifest = {
+        "totals": {"input": table.num_rows, "kept": table.num_rows, "rejected": 0},
+        "shards": [{"path": "shards/part-00000.parquet", "rows": table.num_rows,
+                    "bytes": (shards / "part-00000.parquet").stat().st_size}],
+        "stages": stages or [], "stats": listed, "fingerprint": {"input": "test"},
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return str(folder)
+
+
+@pytest.fixture
+def release_context(tmp_path):
+    """``release_context(table, ...)``: a RunContext against one hand-made release."""
+    from clipcurate.pipelines.release import open_context
+
+    def make(table: pa.Table, name: str = "release", **kwargs):
+        location = write_release(tmp_path / name, table, **kwargs)
+        return open_context([location], cache=str(tmp_path / "cache"))
+
+    return make
