@@ -29,7 +29,8 @@ from open_clip_train.scheduler import cosine_lr  # noqa: E402
 
 from clipcurate.train import datasets  # noqa: E402
 from clipcurate.train.model import create  # noqa: E402
-from clipcurate.train.trainer import TrainConfig, TrainStep, build_loss, build_optimizer  # noqa: E402
+from clipcurate.train.options import TrainConfig  # noqa: E402
+from clipcurate.train.trainer import TrainStep, build_loss, build_optimizer  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -12,44 +12,33 @@ The checkpoint directory loads in plain open_clip:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
-from clipcurate.train.trainer import TrainConfig, TrainResult, fit
+from clipcurate.train.options import TrainConfig
+from clipcurate.train.trainer import TrainResult, fit_worker
 
 
 def train(data: str | Path | list, model: str | Path = "clip-tiny", *, output: str | Path,
-          steps: int | None = None, epochs: float | None = None, batch_size: int = 64,
-          loss: Literal["clip", "siglip"] = "clip", lr: float = 5e-4, warmup: int | None = None,
-          wd: float = 0.1, grad_clip: float | None = 1.0,
-          precision: Literal["auto", "fp32", "amp_bf16", "amp_fp16"] = "auto", accum: int = 1,
-          lock_text: bool = False, augment: bool = False, threads: int | None = None,
-          pretrained: str | None = None, workers: int = 0,
-          shuffle_buffer: int = 1000, seed: int = 0, device: str = "auto",
-          save_every: int | None = None, stop_after: int | None = None, resume: bool = False,
-          log_every: int = 10, ray_workers: int = 1, use_gpu: bool = False,
-          quiet: bool = False) -> TrainResult:
+          **options) -> TrainResult:
     """Train a CLIP/SigLIP model on parquet shards and save an open_clip checkpoint.
 
     ``data``: a run directory (reads its ``shards/``), a directory or glob of parquet
     files with ``image`` and ``caption``. ``model``: a bundled config (``clip-tiny``,
     ``lit-tiny``), an open_clip name (``ViT-B-32``), a JSON config or a checkpoint dir.
-    Give ``steps`` or ``epochs``. ``batch_size`` is per process. ``lock_text``: LiT (a
-    pretrained text tower, e.g. ``lit-tiny``'s MiniLM, stays fixed). ``augment``: random
-    crops, flips and colour jitter on the training images. ``threads``: torch CPU threads
-    for the run; with the same seed and threads a CPU run is bitwise reproducible.
-    ``quiet`` prints nothing (the log still goes to ``output/train_log.jsonl``).
+    ``options``: the fields of ``train.options.TrainConfig`` (the same as the ``curate
+    train`` flags): give ``steps`` or ``epochs``; ``batch_size`` is per process;
+    ``lock_text``: LiT; ``augment``: crops, flips, colour jitter; ``threads``: with the
+    same seed and threads a CPU run is bitwise reproducible; ``ray_workers > 1``: Ray
+    Train (DDP); ``quiet`` prints nothing (the log still goes to ``output/train_log.jsonl``).
     """
-    config = TrainConfig(
-        data=[str(d) for d in data] if isinstance(data, (list, tuple)) else str(data),
-        output=str(output), model=str(model), steps=steps, epochs=epochs, batch_size=batch_size,
-        loss=loss, lr=lr, warmup=warmup, wd=wd, grad_clip=grad_clip, precision=precision, accum=accum,
-        lock_text=lock_text, augment=augment, threads=threads, pretrained=pretrained, workers=workers,
-        shuffle_buffer=shuffle_buffer,
-        seed=seed, device=device, save_every=save_every, stop_after=stop_after, resume=resume,
-        log_every=log_every, ray_workers=ray_workers, use_gpu=use_gpu, quiet=quiet)
-    if quiet:
+    data = [str(d) for d in data] if isinstance(data, (list, tuple)) else str(data)
+    config = TrainConfig(data=data, output=str(output), model=str(model), **options)
+    if config.quiet:
         _quiet_libraries()
-    return fit(config)
+    if config.ray_workers > 1:
+        from clipcurate.train.distributed import fit_with_ray
+
+        return fit_with_ray(config)
+    return fit_worker(config)
 
 
 def evaluate(model: str | Path, data: str | Path | None = None, *, pairs: str | Path | None = None,

@@ -13,7 +13,8 @@ import json
 from pathlib import Path
 
 from clipcurate.train.checkpoint import STATE_JSON
-from clipcurate.train.trainer import TrainConfig, TrainResult, fit_worker
+from clipcurate.train.options import TrainConfig
+from clipcurate.train.trainer import TrainResult, fit_worker
 
 
 def fit_with_ray(config: TrainConfig) -> TrainResult:

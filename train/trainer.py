@@ -6,7 +6,7 @@ gradient clipping; autocast on CUDA; gradient accumulation that caches the featu
 the other micro-batches so the contrastive loss still sees the whole batch (open_clip's
 ``accum_freq``, GradCache-style; unlike open_clip we count the logit scale's gradient
 once, so the step equals the full-batch step); ``logit_scale`` clamped to ln(100) (Radford et al. 2021). One process
-by default; ``ray_workers > 1`` runs the same loop under Ray Train (DDP).
+per call; ``train/distributed.py`` runs the same loop in N processes under Ray Train (DDP).
 """
 
 from __future__ import annotations
@@ -17,66 +17,19 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 from open_clip.loss import ClipLoss, SigLipLoss
 from open_clip_train.scheduler import cosine_lr
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from clipcurate.pipelines.errors import UserError
 from clipcurate.train import checkpoint
 from clipcurate.train.data import ShardStream, loader, shard_files
 from clipcurate.train.clip_model import resolve_device, unwrap
 from clipcurate.train.model import create
+from clipcurate.train.options import TrainConfig
 
 LOG_FILE = "train_log.jsonl"
-
-
-class TrainConfig(BaseModel):
-    """Everything a training run needs; ``curate train`` flags map one to one."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    data: str | list[str]
-    output: str
-    model: str = "clip-tiny"
-    pretrained: str | None = None
-    loss: Literal["clip", "siglip"] = "clip"
-    batch_size: int = Field(64, ge=2)  # per process (rank), as in open_clip
-    steps: int | None = Field(None, ge=1)
-    epochs: float | None = Field(None, gt=0)
-    lr: float = Field(5e-4, gt=0)
-    warmup: int | None = Field(None, ge=0)  # steps; default 5% of the run
-    wd: float = Field(0.1, ge=0)
-    beta1: float = 0.9
-    beta2: float = 0.98
-    eps: float = 1e-6
-    grad_clip: float | None = Field(1.0, gt=0)
-    precision: Literal["auto", "fp32", "amp_bf16", "amp_fp16"] = "auto"
-    accum: int = Field(1, ge=1)  # micro-batches per batch (memory), same loss as one batch
-    lock_text: bool = False
-    augment: bool = False  # crops, flips, colour jitter (train.model.AUGMENT) instead of open_clip's crop
-    threads: int | None = Field(None, ge=1)  # torch CPU threads for the run; None: leave as set
-    workers: int = Field(0, ge=0)  # data-loader worker processes per rank
-    shuffle_buffer: int = Field(1000, ge=1)
-    seed: int = 0
-    device: str = "auto"
-    save_every: int | None = Field(None, ge=1)
-    stop_after: int | None = Field(None, ge=1)  # save and stop at this step (resume later)
-    resume: bool = False
-    log_every: int = Field(10, ge=1)
-    ray_workers: int = Field(1, ge=1)  # >1: Ray Train TorchTrainer, one process per worker
-    use_gpu: bool = False  # Ray workers each take a GPU
-    quiet: bool = False
-
-    @model_validator(mode="after")
-    def _one_length(self):
-        if (self.steps is None) == (self.epochs is None):
-            raise ValueError("give exactly one of steps or epochs")
-        if self.batch_size % self.accum:
-            raise ValueError(f"batch_size {self.batch_size} is not divisible by accum {self.accum}")
-        return self
 
 
 @dataclass
@@ -175,15 +128,6 @@ def build_optimizer(model, config: TrainConfig) -> torch.optim.AdamW:
         [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": config.wd}],
         lr=config.lr, betas=(config.beta1, config.beta2), eps=config.eps,
         fused=devices <= {"cpu", "cuda"} or None)  # one kernel per step: on CPU 3x faster than the loop
-
-
-def fit(config: TrainConfig) -> TrainResult:
-    """Run training in this process, or under Ray Train when ``ray_workers > 1``."""
-    if config.ray_workers > 1:
-        from clipcurate.train.distributed import fit_with_ray
-
-        return fit_with_ray(config)
-    return fit_worker(config)
 
 
 def fit_worker(config: TrainConfig, *, rank: int = 0, world_size: int = 1, device: torch.device | None = None,

@@ -48,3 +48,25 @@ def test_user_errors_are_one_line(shapes_run, tmp_path, capsys):
     assert "not divisible" in capsys.readouterr().err
     code = main(["eval", "--model", "clip-tiny", "--data", str(tmp_path / "missing.parquet")])
     assert code == 2
+
+
+def test_train_flags_and_api_come_from_one_declaration():
+    """Every TrainConfig field is a `curate train` flag with the field's default, and a
+    parsed command line builds the same config the Python API builds."""
+    import argparse
+
+    from clipcurate.train.options import TrainConfig, add_arguments, from_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--data", "out/", "--output", "ckpt/", "--steps", "5", "--loss", "siglip",
+                              "--lock-text", "--grad-clip", "0", "--gpu"])
+    options = from_arguments(args)
+    assert set(options) == set(TrainConfig.model_fields)
+    config = TrainConfig(**options)
+    assert config == TrainConfig(data="out/", output="ckpt/", steps=5, loss="siglip", lock_text=True,
+                                 grad_clip=None, use_gpu=True)
+    defaults = vars(parser.parse_args(["--data", "d", "--output", "o"]))
+    for name, field in TrainConfig.model_fields.items():
+        if not field.is_required():
+            assert defaults[name] == field.default, name

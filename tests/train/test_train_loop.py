@@ -14,7 +14,8 @@ from clipcurate.train import checkpoint
 from clipcurate.train.api import evaluate, train
 from clipcurate.train.data import decode_image
 from clipcurate.train.model import create
-from clipcurate.train.trainer import TrainConfig, TrainStep, build_loss, build_optimizer
+from clipcurate.train.options import TrainConfig
+from clipcurate.train.trainer import TrainStep, build_loss, build_optimizer
 
 
 def test_tiny_clip_on_shapes_shards_beats_twice_chance_zero_shot(shapes_run, tmp_path):
