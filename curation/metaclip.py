@@ -15,6 +15,17 @@ on partitioning or cluster size. ``t`` may instead be derived from a target tail
 fraction with MetaCLIP 2's ``p_to_t`` (the inverse of ``t_to_p``: the share of
 matches held by entries with count < t). Optionally, as in MetaCLIP 2, each language
 (a ``lang`` column) has its own entry list and its own t at the same tail fraction.
+
+Incremental (issue 16, ``curate run --against RELEASE``): the balance continues from the
+earlier releases' entry counts, so the union of the releases and the new rows is
+balanced at t. Entry e already holds ``released_e`` kept pairs (the ``count_after`` of
+each release's ``<label>.entry_counts`` table, matched by entry text; a release without
+one has its kept captions matched here), so it has ``max(0, t - released_e)`` left, and
+a new pair is drawn with ``min(1, left_e / count_e)`` over the new pool's count: a tail
+entry keeps every new pair until it reaches t, a head entry the release filled keeps
+none. With ``tail_fraction``, t comes from the union's pool counts. The manifest's
+summary names the releases it continued from (``continued_from``) and the stats table
+gains ``count_release``.
 """
 
 from __future__ import annotations
@@ -29,6 +40,7 @@ import pyarrow.compute as pc
 from pydantic import Field, model_validator
 
 from clipcurate.curation.metadata import cached_matcher, load_entries
+from clipcurate.pipelines.release import NO_CONTEXT, Release
 from clipcurate.pipelines.stage import GlobalStage, Resources, StageConfig, ensure_columns, kept_mask, reject_rows, set_column
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -112,6 +124,7 @@ class MetaClipBalance(GlobalStage):
     Config = MetaClipConfig
     reads = ("uid", "caption")
     adds = {ENTRIES: pa.list_(pa.int32())}
+    context = NO_CONTEXT  # set by the runner: the releases to continue from
 
     def __init__(self, config: MetaClipConfig | None = None, **params):
         super().__init__(config, **params)
@@ -123,6 +136,8 @@ class MetaClipBalance(GlobalStage):
         self._t: tuple[int, ...] | None = None
         self._count_before: np.ndarray | None = None
         self._count_after: np.ndarray | None = None
+        self._released: np.ndarray | None = None
+        self._continued: list[dict] = []
 
     def resources(self) -> Resources:
         return Resources(batch_size=1024)
@@ -169,15 +184,72 @@ class MetaClipBalance(GlobalStage):
         count_before, matched = _sum_partials(lists.map_batches(
             _partial_counts, fn_kwargs={"layout": layout, "probs": None, "seed": seed},
             batch_format="pyarrow", batch_size=None), layout.offsets[-1])
-        per_list = [count_before[a:b] for a, b in zip(layout.offsets[:-1], layout.offsets[1:])]
-        self._t = self._thresholds(per_list)
-        self._probs = np.concatenate([entry_probs(c, t) for c, t in zip(per_list, self._t)])
+        split = lambda counts: [counts[a:b] for a, b in zip(layout.offsets[:-1], layout.offsets[1:])]  # noqa: E731
+        per_list = split(count_before)
+        if self.context.releases:
+            released, release_pool = self._release_counts(layout)
+            self._t = self._thresholds(split(count_before + release_pool))
+            self._probs = np.concatenate([budget_probs(c, r, t) for c, r, t in
+                                          zip(per_list, split(released), self._t)])
+            self._released = released
+        else:
+            self._t = self._thresholds(per_list)
+            self._probs = np.concatenate([entry_probs(c, t) for c, t in zip(per_list, self._t)])
         count_after, kept = _sum_partials(lists.map_batches(
             _partial_counts, fn_kwargs={"layout": layout, "probs": self._probs, "seed": seed},
             batch_format="pyarrow", batch_size=None), layout.offsets[-1])
         self._layout = layout
         self._count_before, self._count_after = count_before, count_after
         self._matched, self._kept = matched, kept
+
+    def _release_counts(self, layout: _Layout) -> tuple[np.ndarray, np.ndarray]:
+        """Per global entry id, summed over the releases: pairs they kept, and their pool's
+        matches (for a t derived from a tail fraction)."""
+        kept = np.zeros(layout.offsets[-1], dtype=np.int64)
+        pool = np.zeros(layout.offsets[-1], dtype=np.int64)
+        self._continued = []
+        for release in self.context.releases:
+            table = _release_entry_counts(release)
+            if table is not None:
+                source = "stats"
+                release_kept = self._by_entry(table, "count_after", layout)
+                release_pool = self._by_entry(table, "count_before", layout)
+            else:  # not balanced: count the entries its kept captions match
+                source = "matched"
+                release_kept = release_pool = self._match_release(release, layout)
+            kept += release_kept
+            pool += release_pool
+            stage = next(iter(release.stage_entries(self.name)), {})
+            self._continued.append({"release": release.location, "digest": release.digest, "counts": source,
+                                    "t": (stage.get("summary") or {}).get("t"), "kept_matches": int(release_kept.sum())})
+        return kept, pool
+
+    def _by_entry(self, table: pa.Table, column: str, layout: _Layout) -> np.ndarray:
+        """A release's per-entry counts in this stage's global ids, by (list, entry text):
+        an entry the release's list lacked counts 0, one this list lacks is dropped."""
+        out = np.zeros(layout.offsets[-1], dtype=np.int64)
+        langs = table.column("lang").to_pylist() if "lang" in table.column_names else [DEFAULT_LANG] * table.num_rows
+        counts = table.column(column).to_numpy(zero_copy_only=False)
+        names = table.column("entry").to_pylist()
+        for index, (lang, path) in enumerate(zip((DEFAULT_LANG, *self._langs), self._paths)):
+            position = {entry: i for i, entry in enumerate(load_entries(path))}
+            for row in (i for i, value in enumerate(langs) if value == lang):
+                found = position.get(names[row])
+                if found is not None:
+                    out[layout.offsets[index] + found] += counts[row]
+        return out
+
+    def _match_release(self, release: Release, layout: _Layout) -> np.ndarray:
+        """Entry counts of a release's kept captions, matched on Ray (one task per shard)."""
+        import ray
+
+        columns = ["uid", "caption"] + ([self.config.lang_column] if self._langs else [])
+        count = ray.remote(_release_shard_counts)
+        refs = [count.remote(self, release.location, path, columns, layout) for path in release.shard_paths()]
+        totals = np.zeros(layout.offsets[-1], dtype=np.int64)
+        for part in ray.get(refs):
+            totals += part
+        return totals
 
     def _thresholds(self, per_list: list[np.ndarray]) -> tuple[int, ...]:
         """t per entry list: given, or from a tail fraction (MetaCLIP 2 ``global_count``)."""
@@ -219,6 +291,8 @@ class MetaClipBalance(GlobalStage):
             "count_before": pa.array(self._count_before, pa.int64()),
             "count_after": pa.array(self._count_after, pa.int64()),
         }
+        if self._released is not None:  # kept by the releases continued from; the union is count_after + this
+            columns["count_release"] = pa.array(self._released, pa.int64())
         if self._langs:
             columns["lang"] = pa.array([lang for lang, e in zip((DEFAULT_LANG, *self._langs), entries)
                                         for _ in e], pa.string())
@@ -241,6 +315,11 @@ class MetaClipBalance(GlobalStage):
         }
         if self._langs:
             facts["t_by_lang"] = {lang: int(t) for lang, t in zip((DEFAULT_LANG, *self._langs), self._t)}
+        if self._released is not None:
+            union = self._count_after + self._released
+            facts["continued_from"] = self._continued
+            facts["union_max"] = int(union[offsets[main]:offsets[main + 1]].max(initial=0))
+            facts["union_entries_at_t"] = int((union[offsets[main]:offsets[main + 1]] >= self._t[main]).sum())
         return facts
 
 
@@ -269,6 +348,14 @@ def entry_probs(entry_counts: np.ndarray, t: int) -> np.ndarray:
     """MetaCLIP 2 ``count_to_prob``: min(1, t / count) per entry (1 for unseen entries)."""
     counts = np.maximum(np.asarray(entry_counts, dtype=np.float64), t)
     return t / counts
+
+
+def budget_probs(entry_counts: np.ndarray, released: np.ndarray, t: int) -> np.ndarray:
+    """Keep probability of a new pair per entry when ``released`` pairs of it are already
+    published: min(1, max(0, t - released) / count), 1 for entries the new pool lacks."""
+    counts = np.asarray(entry_counts, dtype=np.float64)
+    left = np.maximum(0.0, t - np.asarray(released, dtype=np.float64))
+    return np.where(counts > 0, np.minimum(1.0, left / np.maximum(counts, 1.0)), 1.0)
 
 
 def keep_mask(uids: pa.Array | pa.ChunkedArray, lists: pa.Array | pa.ChunkedArray,
@@ -329,3 +416,26 @@ def _sum_partials(partials: "ray.data.Dataset", n_entries: int) -> tuple[np.ndar
     for part in partials.iter_batches(batch_format="pyarrow", batch_size=None):
         np.add.at(totals, part.column("entry_id").to_numpy(), part.column("count").to_numpy())
     return totals[:-1], int(totals[-1])
+
+
+def _release_entry_counts(release: Release) -> pa.Table | None:
+    """The ``entry_counts`` stats table of a release's MetaCLIP stage (None: it ran none)."""
+    keys = [k for k in release.manifest.get("stats", {}) if k.endswith(".entry_counts")]
+    if not keys:
+        return None
+    store = release.store
+    return store.read_parquet(release.stats_path(keys[0]))
+
+
+def _release_shard_counts(stage: "MetaClipBalance", location: str, path: str, columns: list[str],
+                          layout: _Layout) -> np.ndarray:
+    from clipcurate.pipelines.storage import Storage
+
+    rows = Storage.at(location).read_parquet(path, columns=[c for c in columns])
+    rows = rows.append_column("reject", pa.nulls(rows.num_rows, pa.string()))
+    matched = stage.prepare(rows)
+    counts = np.zeros(layout.offsets[-1], dtype=np.int64)
+    values = pc.list_flatten(layout.global_lists(matched.filter(pc.is_null(matched.column("reject"))))).to_numpy(
+        zero_copy_only=False)
+    np.add.at(counts, values.astype(np.int64), 1)
+    return counts
