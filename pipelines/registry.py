@@ -16,6 +16,7 @@ STAGES: dict[str, str] = {
     "language_filter": "clipcurate.filters.language:LanguageFilter",
     "clip_score": "clipcurate.filters.clip_score:ClipScore",
     "clip_heads": "clipcurate.filters.heads:ClipHeads",
+    "text_classes": "clipcurate.filters.text_classes:TextClasses",
     "cat_filter": "clipcurate.filters.cat:CatFilter",
     "dedup_exact": "clipcurate.dedup.exact:ExactDedup",
     "dedup_perceptual": "clipcurate.dedup.perceptual:PerceptualDedup",
