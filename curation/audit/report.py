@@ -115,6 +115,9 @@ def render(runs: list[RunView], report: Path, comparison: dict | None) -> str:
     body = []
     if comparison:
         body.append(_section("compare", "Comparison", [_comparison(runs, comparison)], single=True))
+    if runs[0].stats.get("against"):
+        nav = '<a href="#against">Against releases</a>' + nav
+        body.append(_section("against", "Against earlier releases", [_against(runs[0].stats["against"])], single=True))
     builders = {
         "warnings": _warnings, "overview": _overview, "funnel": _funnel, "time": _time, "clip": _clip, "captions": _captions,
         "images": _images, "lang": _lang, "dedup": _dedup, "metaclip": _metaclip,
@@ -335,6 +338,28 @@ def _card(card: Card) -> str:
     caption_html = f'<p class="caption">{caption}</p>' if caption else ""
     return (f'<div class="card {"kept" if card.kept else "rejected"}">{visual}{reason}{detail}{caption_html}'
             f'<div class="meta">{" · ".join(meta)} <code title="{_e(card.uid)}">{_e(card.uid[:10])}</code></div></div>')
+
+
+def _against(cmp: dict) -> str:
+    """What an incremental run adds to its releases (``curation/audit/against.py``)."""
+    rows = [["releases", ", ".join(f"{r['release']} ({r['rows']:,} rows)" for r in cmp["releases"])],
+            ["new rows kept", f"{cmp['kept_new']:,}"], ["union rows", f"{cmp['union_rows']:,}"],
+            ["came back (duplicates of a release)", f"{cmp['came_back']:,}"],
+            ["same pair re-crawled (uid in a release)", f"{cmp['same_pair_recrawled']:,}"]]
+    rows += [[f"came back, {stage}", f"{n:,}"] for stage, n in cmp["came_back_by_stage"].items()]
+    rows += [[f"blocked, {reason}", f"{n:,}"] for reason, n in cmp["blocked_by_reason"].items()]
+    parts = [_table(["", ""], rows, header=False)]
+    entries = cmp.get("metaclip")
+    if entries:
+        parts.append(_table(["MetaCLIP entries", "releases", "union"], [
+            [f"at t = {entries['t']}", _num(entries["entries_at_t_release"]), _num(entries["entries_at_t_union"])],
+            ["tail share (matches under t)", _pct(entries["tail_share_release"]), _pct(entries["tail_share_union"])],
+            ["entries covered", _num(entries["entries_covered_release"]), _num(entries["entries_covered_union"])],
+        ]))
+        parts.append(_table(["entry", "in releases", "added", "union"],
+                            [[_e(r["entry"]), _num(r["count_release"]), _num(r["added"]), _num(r["count_union"])]
+                             for r in entries["most_added"]]))
+    return "".join(parts)
 
 
 def _comparison(runs: list[RunView], cmp: dict) -> str:

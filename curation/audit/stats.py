@@ -24,6 +24,7 @@ from pathlib import Path
 import polars as pl
 import pyarrow.parquet as pq
 
+from clipcurate.curation.audit.against import compare_with_releases
 from clipcurate.pipelines.errors import UserError
 from clipcurate.pipelines.manifest import flag_stages
 from clipcurate.pipelines.recipe import WARN_REJECT_SHARE
@@ -152,6 +153,7 @@ def compute_stats(out: str | Path, *, bins: int = BINS) -> dict:
         "dedup": _dedup(duplicates, manifest),
         "metaclip": _metaclip(run, frames.get("kept_entries")),
         "embeddings": {c: str(t) for c, t in run.kept_schema.items() if isinstance(t, pl.Array)},
+        "against": compare_with_releases(run),  # None unless made with --against (issue 16)
     }
     for name, spec in quantities.items():
         entry = {"label": spec["label"], "stage_column": spec["stage_column"], "hist": None,

@@ -18,7 +18,7 @@ from clipcurate.pipelines.release import open_context
 from clipcurate.pipelines.runner import RunOptions, run_fingerprint, run_pipeline
 from clipcurate.pipelines.stage import make_uid
 
-STAGES = [{"dedup_exact": {}}, {"dedup_minhash": {}}, {"dedup_perceptual": {}}]
+DEDUP = [{"dedup_exact": {}}, {"dedup_minhash": {}}, {"dedup_perceptual": {}}]
 
 
 def caption(rng, words) -> str:
@@ -33,6 +33,8 @@ def tree_digest(folder) -> dict:
 def test_second_pool_against_release(ray_local, tmp_path, images):
     rng = np.random.default_rng(3)
     words = [f"word{i}" for i in range(3000)]
+    (tmp_path / "entries.json").write_text(json.dumps(words))
+    STAGES = [*DEDUP, {"metaclip": {"metadata": str(tmp_path / "entries.json"), "t": 1000}}]
     release_captions = [caption(rng, words) for _ in range(6)]
     release_urls = [f"http://old.test/{i}.jpg" for i in range(6)]
     pq.write_table(pa.table({"url": release_urls, "caption": release_captions,
@@ -92,3 +94,17 @@ def test_second_pool_against_release(ray_local, tmp_path, images):
     with pytest.raises(UserError, match="already holds a finished run"):
         run_pipeline(recipe_b, stages_b, [str(tmp_path / "crawl2.parquet")], str(out), options)
     assert json.loads((out / "manifest.json").read_text())["fingerprint"] == manifest["fingerprint"]
+
+    # the audit says what the new crawl added, what came back and what was blocked
+    from clipcurate.curation.audit.report import write_report
+
+    report = write_report(out, samples=2, per_reason=1)
+    against = report.stats["against"]
+    assert (against["kept_new"], against["union_rows"], against["came_back"]) == (3, 9, 4)
+    assert against["came_back_by_stage"] == {"dedup_exact": 2, "dedup_minhash": 1, "dedup_perceptual": 1}
+    assert against["blocked_by_reason"] == {"blocklist:url": 1, "blocklist:sha256": 1, "blocklist:phash": 1}
+    assert against["same_pair_recrawled"] == 1
+    entries = against["metaclip"]
+    assert entries["continued_from"][0]["release"] == str(release)
+    assert entries["entries_covered_union"] >= entries["entries_covered_release"] + entries["entries_new"] > 0
+    assert "Against earlier releases" in report.index.read_text()
