@@ -17,6 +17,7 @@ STAGES: dict[str, str] = {
     "clip_score": "clipcurate.filters.clip_score:ClipScore",
     "clip_heads": "clipcurate.filters.heads:ClipHeads",
     "text_classes": "clipcurate.filters.text_classes:TextClasses",
+    "image_clusters": "clipcurate.filters.image_clusters:ImageClusters",
     "cat_filter": "clipcurate.filters.cat:CatFilter",
     "dedup_exact": "clipcurate.dedup.exact:ExactDedup",
     "dedup_perceptual": "clipcurate.dedup.perceptual:PerceptualDedup",
