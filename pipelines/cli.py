@@ -25,6 +25,8 @@ COMMANDS: dict[str, str] = {
     "ablate": "clipcurate.curation.ablate_cli",
     "filter-model": "clipcurate.train.filter_model_cli",
     "export": "clipcurate.pipelines.export_cli",
+    "index": "clipcurate.curation.index_cli",
+    "search": "clipcurate.curation.search_cli",
     "heads": "clipcurate.train.heads_cli",
 }
 
@@ -40,6 +42,8 @@ SUMMARIES: dict[str, str] = {
     "ablate": "compare recipe variants by training on each at equal samples seen",
     "filter-model": "train the DFN filter model clip_score scores a pool with, from trusted pairs",
     "export": "write a run's samples as webdataset tars or a DataComp uid subset file",
+    "index": "build a faiss index over a run's CLIP image embeddings",
+    "search": "find the samples of a run nearest to a text or an image (HTML page with thumbnails)",
     "heads": "train a head (NSFW, aesthetic, watermark, ...) over CLIP embeddings for clip_heads, or show one",
 }
 

@@ -35,6 +35,7 @@ class RunView:
     plots: dict[str, Path | None]
     cards: dict
     manifest: dict = field(repr=False, default_factory=dict)
+    neighbours: str = ""  # HTML of curation.search.audit_neighbours
 
 
 @dataclass
@@ -77,7 +78,10 @@ def _view(out: Path, report: Path, key: str, samples: int, per_reason: int) -> R
     stats = compute_stats(out)
     plots = make_plots(stats, report / ASSETS, prefix=f"{key}_")
     cards = sample_cards(run, report, subdir=f"{ASSETS}/thumbs-{key}", count=samples, per_reason=per_reason)
-    return RunView(name=_run_name(out), stats=stats, plots=plots, cards=cards, manifest=run.manifest)
+    from clipcurate.curation.search import audit_neighbours
+
+    return RunView(name=_run_name(out), stats=stats, plots=plots, cards=cards, manifest=run.manifest,
+                   neighbours=audit_neighbours(out))
 
 
 def _run_name(out: Path) -> str:
@@ -105,6 +109,7 @@ SECTIONS = (
     ("metaclip", "MetaCLIP"),
     ("columns", "Other columns"),
     ("samples", "Samples"),
+    ("neighbours", "Nearest neighbours"),
 )
 
 
@@ -121,7 +126,7 @@ def render(runs: list[RunView], report: Path, comparison: dict | None) -> str:
     builders = {
         "warnings": _warnings, "overview": _overview, "funnel": _funnel, "time": _time, "clip": _clip, "captions": _captions,
         "images": _images, "lang": _lang, "dedup": _dedup, "metaclip": _metaclip,
-        "columns": _columns, "samples": _samples,
+        "columns": _columns, "samples": _samples, "neighbours": lambda run, report: run.neighbours,
     }
     for key, label in SECTIONS:
         body.append(_section(key, label, [builders[key](run, report) for run in runs],
