@@ -15,12 +15,18 @@ from __future__ import annotations
 import contextlib
 import os
 import posixpath
+import re
 import uuid
 from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+
+from clipcurate.pipelines.errors import UserError
+
+
+_CREDENTIALS = re.compile(r"^([a-z0-9+.-]+://)[^/@]*:[^/@]*@", re.IGNORECASE)
 
 
 def is_uri(location: str) -> bool:
@@ -39,6 +45,11 @@ class Storage:
     def at(cls, location: str | os.PathLike) -> "Storage":
         location = str(location)
         if is_uri(location):
+            if _CREDENTIALS.match(location):
+                shown = _CREDENTIALS.sub(r"\1***@", location)
+                raise UserError(f"{shown}: credentials in a URL end up in manifests and logs; set them in the "
+                                f"environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY; AWS_ENDPOINT_URL for other "
+                                f"S3-compatible stores) or a credentials file")
             fs, root = pafs.FileSystem.from_uri(location)
             return cls(fs, root.rstrip("/") or "/")
         return cls(pafs.LocalFileSystem(), os.path.abspath(location))
