@@ -32,6 +32,7 @@ import torch
 from PIL import Image
 
 from clipcurate.pipelines.errors import UserError
+from clipcurate.pipelines.storage import Storage, is_uri
 
 COLUMNS = ("image", "caption")
 
@@ -66,7 +67,9 @@ def shard_files(data: str | Path | list) -> list[str]:
     for item in items:
         text = str(item)
         path = Path(text)
-        if path.is_dir():
+        if is_uri(text):  # s3://bucket/run, gs://..., file://: listed through pyarrow.fs
+            files += _uri_shard_files(text)
+        elif path.is_dir():
             base = path / "shards" if (path / "shards").is_dir() else path
             files += [str(p) for p in base.glob("*.parquet")]
         elif any(ch in text for ch in "*?["):
@@ -79,6 +82,16 @@ def shard_files(data: str | Path | list) -> list[str]:
     if not files:
         raise UserError(f"no parquet shards found in {data!r}")
     return files
+
+
+def _uri_shard_files(uri: str) -> list[str]:
+    store = Storage.at(uri)
+    if store.is_dir(store.root):
+        base = store.child("shards") if store.is_dir(store.path("shards")) else store
+        return [base.uri(p) for p in base.list_files(base.root, ".parquet")]
+    if store.exists(store.root):
+        return [uri]
+    raise UserError(f"training data {uri!r} not found (a run dir, shards dir or parquet file; no globs in URLs)")
 
 
 def plan_units(files: list[str], num_slots: int) -> list[Unit]:

@@ -26,12 +26,24 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="kept rows to show as thumbnails (default: 24)")
     parser.add_argument("--per-reason", type=int, default=6, metavar="N",
                         help="rejected rows to show per rejection reason (default: 6)")
+    parser.add_argument("--cache", metavar="DIR",
+                        help="for s3:// runs: where the local copy goes (default: $CLIPCURATE_CACHE or the temp dir)")
     parser.add_argument("--strict", action="store_true",
                         help="exit with status 1 when the manifest and the parquet files disagree")
 
 
 def run(args: argparse.Namespace) -> int:
-    report = write_report(args.out, compare=args.compare, samples=args.samples, per_reason=args.per_reason)
+    from clipcurate.pipelines.storage import is_uri
+
+    out, compare = args.out, args.compare
+    if is_uri(out) or (compare and is_uri(compare)):  # object storage: audit a local copy, upload the report
+        from clipcurate.curation.audit.remote import download_run, upload_report
+
+        out = download_run(args.out, args.cache) if is_uri(args.out) else out
+        compare = download_run(compare, args.cache) if compare and is_uri(compare) else compare
+    report = write_report(out, compare=compare, samples=args.samples, per_reason=args.per_reason)
+    if is_uri(args.out):
+        print(f"report uploaded: {upload_report(report.index.parent.parent, args.out)}")
     totals = report.stats["totals"]
     print(f"{report.index}  ({totals['input']:,} rows: {totals['kept']:,} kept, "
           f"{totals['rejected']:,} rejected)")

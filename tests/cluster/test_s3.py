@@ -134,32 +134,56 @@ def test_run_on_s3_killed_and_resumed_equals_a_local_run(s3, tmp_path):
         assert SECRET_KEY not in text and ACCESS_KEY not in text
 
 
-def test_export_and_index_read_and_write_the_bucket(s3, tmp_path):
-    """A run's shards in the bucket: webdataset tars and a uid file written to it equal
-    the local export byte for byte; the index lives beside the shards."""
+def test_export_audit_and_train_on_a_run_in_the_bucket(s3, tmp_path, capsys):
+    """A run written to the bucket (inline, from input that already holds images): its
+    webdataset tars and uid file written to the bucket equal a local export byte for byte;
+    ``curate audit`` uploads its report beside the run; ``curate train`` reads the shards."""
+    import io
+
+    from clipcurate.pipelines.cli import main
+    from clipcurate.pipelines.stage import make_uid
     from clipcurate.train import datasets
 
     images, _, captions = datasets.shapes(90, seed=2)
-    datasets.write_shards(tmp_path / "run", images, captions, rows_per_shard=40, row_group_size=20)
-    run = f"{s3}/exported-run"
-    fs, root = pafs.FileSystem.from_uri(run)
-    for path in sorted((tmp_path / "run" / "shards").glob("*.parquet")):
-        pq.write_table(pq.read_table(path), f"{root}/shards/{path.name}", filesystem=fs, row_group_size=20)
+    urls = [f"https://img.example/{i}.png" for i in range(90)]
+    pool = pa.table({"url": urls, "caption": captions,
+                     "image": pa.array([datasets.encode_png(i) for i in images], pa.binary()),
+                     "width": pa.array([32] * 90, pa.int32()), "height": pa.array([32] * 90, pa.int32())})
+    pq.write_table(pool, tmp_path / "pool.parquet")
+    recipe = {"name": "bucket", "input": {"partition_size": 40}, "output": {"shard_rows": 40},
+              "stages": [{"basic_filter": {"min_image_side": 8, "min_words": 2}}]}
+    run = f"{s3}/image-run"
+    manifest = run_pipeline(*parse_recipe(recipe), str(tmp_path / "pool.parquet"), run,
+                            RunOptions(inline=True, progress=False))
+    local_run = tmp_path / "local-run"
+    run_pipeline(*parse_recipe(recipe), str(tmp_path / "pool.parquet"), str(local_run),
+                 RunOptions(inline=True, progress=False))
+    assert manifest["totals"]["kept"] == 90
 
     options = ExportOptions(shard_rows=25, inline=True, progress=False)
     remote = export_run(run, f"{s3}/wds", options)
-    local = export_run(str(tmp_path / "run"), str(tmp_path / "wds"), options)
+    local = export_run(str(local_run), str(tmp_path / "wds"), options)
     assert [t["sha256"] for t in remote["tars"]] == [t["sha256"] for t in local["tars"]]
     objects = _objects(f"{s3}/wds")
     assert sorted(objects) == ["000000.tar", "000001.tar", "000002.tar", "000003.tar", "manifest.json"]
     assert hashlib.sha256(objects["000001.tar"]).hexdigest() == remote["tars"][1]["sha256"]
     assert remote["train_data"] == "s3://runs/wds/{000000..000003}.tar"
-
     export_run(run, f"{s3}/subsets/kept.npy", ExportOptions(format="uids"))
-    import io
-
     array = np.load(io.BytesIO(_objects(f"{s3}/subsets")["kept.npy"]))
-    assert datacomp_to_uids(array) == sorted(pq.read_table(tmp_path / "run" / "shards").column("uid").to_pylist())
+    assert datacomp_to_uids(array) == sorted(make_uid(u, c) for u, c in zip(urls, captions))
+
+    assert main(["audit", run, "--cache", str(tmp_path / "cache")]) == 0
+    assert "report uploaded: s3://runs/image-run/report/index.html" in capsys.readouterr().out
+    assert b"Funnel" in _objects(f"{run}/report")["index.html"]
+
+    config = tmp_path / "micro.json"
+    config.write_text(json.dumps({"embed_dim": 16, "vision_cfg": {"image_size": 16, "patch_size": 8, "width": 16,
+                                  "layers": 1, "head_width": 8, "mlp_ratio": 2.0},
+                                  "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 16, "heads": 2,
+                                               "layers": 1, "mlp_ratio": 2.0}}))
+    assert main(["train", "--data", run, "--model", str(config), "--steps", "2", "--batch-size", "16",
+                 "--output", str(tmp_path / "ckpt"), "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["step"] == 2
 
 
 def test_credentials_in_a_url_are_refused(s3):
