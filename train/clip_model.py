@@ -82,6 +82,14 @@ def load_clip(model: str | Path, pretrained: str | None = None, *, device: str |
     exact CPU path and fp16/bf16 autocast on GPU.
     """
     device = resolve_device(device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # random weights (no ``pretrained``) are the same in every worker and run
+        clip, preprocess, tokenizer = _build(model, pretrained, device)
+    clip.eval()
+    return ClipModel(clip, preprocess, tokenizer)
+
+
+def _build(model: str | Path, pretrained: str | None, device: torch.device):
     directory = checkpoint_dir(model)
     if directory is not None:
         spec = LOCAL_DIR + str(directory)
@@ -99,8 +107,7 @@ def load_clip(model: str | Path, pretrained: str | None = None, *, device: str |
             open_clip.load_checkpoint(clip, pretrained)
         preprocess = image_transform_v2(PreprocessCfg(**open_clip.get_model_preprocess_cfg(clip)), is_train=False)
         tokenizer = tokenizer_for(config)
-    clip.eval()
-    return ClipModel(clip, preprocess, tokenizer)
+    return clip, preprocess, tokenizer
 
 
 def resolve_config(model: str | Path, *, loss: str = "clip") -> dict:
