@@ -107,6 +107,7 @@ SECTIONS = (
     ("lang", "Languages"),
     ("dedup", "Duplicates"),
     ("metaclip", "MetaCLIP"),
+    ("learned", "Heads and DataComp filters"),
     ("columns", "Other columns"),
     ("samples", "Samples"),
     ("neighbours", "Nearest neighbours"),
@@ -126,7 +127,7 @@ def render(runs: list[RunView], report: Path, comparison: dict | None) -> str:
     builders = {
         "warnings": _warnings, "overview": _overview, "funnel": _funnel, "time": _time, "clip": _clip, "captions": _captions,
         "images": _images, "lang": _lang, "dedup": _dedup, "metaclip": _metaclip,
-        "columns": _columns, "samples": _samples, "neighbours": lambda run, report: run.neighbours,
+        "learned": _learned, "columns": _columns, "samples": _samples, "neighbours": lambda run, report: run.neighbours,
     }
     for key, label in SECTIONS:
         body.append(_section(key, label, [builders[key](run, report) for run in runs],
@@ -297,6 +298,28 @@ def _metaclip(run: RunView, report: Path) -> str:
             ["entry", "kept rows"], [[_e(str(e["entry"])), f"{e['rows']:,}"] for e in meta["top_kept"][:15]])
     return (_img(run, "metaclip_counts", report, "MetaCLIP entry counts, log-log")
             + _img(run, "metaclip_top", report, "top metadata entries") + facts + kept)
+
+
+def _learned(run: RunView, report: Path) -> str:
+    """Each head's score histogram with its cuts, and the share of the pool each head
+    and each DataComp filter (text_classes, image_clusters) removed."""
+    rows = run.stats.get("learned_filters") or []
+    if not rows:
+        return _absent("not present: no clip_heads, text_classes or image_clusters stage in this run")
+
+    def cut(row: dict) -> str:
+        rules = [f"{k} {row[k]:.4g}" for k in ("min_score", "max_score") if row.get(k) is not None]
+        rules += [f"{k} {row[k]:g}" for k in ("keep_top", "keep_bottom") if row.get(k) is not None]
+        return _e(", ".join(rules) or "—")
+
+    table = _table(["stage", "filter", "removed", "of the pool", "of rows received", "cut"],
+                   [[_e(r["stage"]), _e(r["filter"]), f"{r['removed']:,}", _pct(r["share_of_pool"]),
+                     _pct(r["share_of_received"]), cut(r) if "column" in r else "—"] for r in rows])
+    plots = [_img(run, f"column:{r['column']}", report, f"{r['filter']} score histogram")
+             + _summary_table(run.stats, [r["column"]]) for r in rows if "column" in r]
+    return (table + '<p class="note">A row rejected by one filter is not counted again by a later one '
+            "(heads in recipe order, then stages in order); histograms show every scored row, kept and "
+            "rejected.</p>" + "".join(plots))
 
 
 def _columns(run: RunView, report: Path) -> str:

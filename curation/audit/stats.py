@@ -152,6 +152,7 @@ def compute_stats(out: str | Path, *, bins: int = BINS) -> dict:
         "lang": None,
         "dedup": _dedup(duplicates, manifest),
         "metaclip": _metaclip(run, frames.get("kept_entries")),
+        "learned_filters": _learned_filters(stages, kept_rows + rejected_rows),
         "embeddings": {c: str(t) for c, t in run.kept_schema.items() if isinstance(t, pl.Array)},
         "against": compare_with_releases(run),  # None unless made with --against (issue 16)
     }
@@ -382,6 +383,31 @@ def _stages(manifest: dict, rejected_in_files: dict) -> list[dict]:
             "cost": stage.get("cost"),
         })
     return stages
+
+
+LEARNED_FILTERS = ("clip_heads", "text_classes", "image_clusters")
+
+
+def _learned_filters(stages: list[dict], pool: int) -> list[dict]:
+    """What each head (clip_heads) and each DataComp filter (text_classes, image_clusters)
+    removed: rows, share of the pool, share of the rows it received, and a head's cuts."""
+    out = []
+    for stage in (s for s in stages if s["type"] in LEARNED_FILTERS):
+        received = stage["in"]
+        if stage["type"] != "clip_heads":
+            out.append({"stage": stage["name"], "filter": stage["type"], "removed": stage["rejected"],
+                        "share_of_pool": _ratio(stage["rejected"], pool), "share_of_received":
+                        _ratio(stage["rejected"], received)})
+            continue
+        for head in stage["summary"].get("heads", []):
+            removed = sum(stage["reasons"].get(f"{stage['name']}:{head['name']}_{side}", 0)
+                          for side in ("too_low", "too_high"))
+            out.append({"stage": stage["name"], "filter": f"head {head['name']}", "column": head["column"],
+                        "removed": removed, "share_of_pool": _ratio(removed, pool),
+                        "share_of_received": _ratio(removed, received),
+                        "min_score": head.get("min_score"), "max_score": head.get("max_score"),
+                        "keep_top": head.get("keep_top"), "keep_bottom": head.get("keep_bottom")})
+    return out
 
 
 def _langs(frame: pl.DataFrame) -> dict:

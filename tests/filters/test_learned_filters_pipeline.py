@@ -63,6 +63,17 @@ def test_filters_through_run_pipeline_ray_and_inline(ray_local, tmp_path):
         results[mode] = sorted(shards.column("url").to_pylist())
         assert {"junk_score", "class_ids", "image_cluster"} <= set(shards.column_names)
     assert results["ray"] == results["inline"]
+
+    from clipcurate.curation.audit.report import write_report
+
+    report = write_report(tmp_path / "ray", samples=0, per_reason=0)
+    rows = {r["filter"]: r for r in report.stats["learned_filters"]}
+    assert set(rows) == {"text_classes", "head junk", "image_clusters"}
+    assert rows["text_classes"]["removed"] == n // 4 and rows["text_classes"]["share_of_pool"] == 0.25
+    assert rows["head junk"]["keep_bottom"] == 0.8 and rows["head junk"]["removed"] > 0
+    page = report.index.read_text()
+    assert "Heads and DataComp filters" in page and "head junk score histogram" in page
+    assert (report.index.parent / "assets" / "a_column_junk_score.png").exists()
     kept_labels = {int(labels[int(url.rsplit("/", 1)[1])]) for url in results["ray"]}
     assert kept_labels and kept_labels <= set(range(8))
     assert kept_labels & set(TARGET_CLUSTERS)
