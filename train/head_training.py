@@ -2,8 +2,9 @@
 
 Input: a parquet file or folder of rows with either the embedding columns
 ``clip_score`` wrote (``clip_image_emb``, and ``clip_text_emb`` for image+text heads;
-their field metadata names the model) or ``image`` bytes (and ``caption``), which the
-shared encoder embeds with ``model``; and a target: a class column (the head gives the
+their field metadata names the model; embeddings written by other tools, without it,
+are taken as ``model``'s) or ``image`` bytes (and ``caption``), which the shared
+encoder embeds with ``model``; and a target: a class column (the head gives the
 probability of ``positive``; every other class is negative) or a score column (the head
 predicts it). A share of the rows, drawn by uid hash, is held out and reported: accuracy
 and ROC AUC for classes, Pearson and Spearman correlation for scores. The report goes
@@ -126,6 +127,14 @@ def _embeddings(table: pa.Table, data, model: str | None, pretrained: str | None
     """(image, text or None, model fingerprint, rows that have them)."""
     needs_text = input == "image+text"
     stored = column_model(table.schema, IMAGE_EMB)
+    if stored is None and IMAGE_EMB in table.column_names and model is not None:
+        # embeddings written elsewhere (e.g. LAION's published .npy, converted): --model says whose they are
+        from clipcurate.train.clip_model import model_fingerprint
+
+        stored = model_fingerprint(model, pretrained)
+        if needs_text and TEXT_EMB in table.column_names and column_model(table.schema, TEXT_EMB) is None:
+            table = _declare(table, TEXT_EMB, stored)
+        table = _declare(table, IMAGE_EMB, stored)
     if stored and (not needs_text or same_model(column_model(table.schema, TEXT_EMB), stored)):
         if model is not None:
             from clipcurate.train.clip_model import model_fingerprint
@@ -159,6 +168,13 @@ def _embeddings(table: pa.Table, data, model: str | None, pretrained: str | None
         captions = pc.fill_null(table.column("caption"), "").take(pa.array(np.flatnonzero(kept))).to_pylist()
         text = encoder.texts(captions)
     return encoded.image, text, encoder.fingerprint, kept
+
+
+def _declare(table: pa.Table, column: str, fingerprint: str) -> pa.Table:
+    from clipcurate.train.clip_model import MODEL_KEY
+
+    fields = [f.with_metadata({MODEL_KEY: fingerprint.encode()}) if f.name == column else f for f in table.schema]
+    return pa.Table.from_arrays(table.columns, schema=pa.schema(fields))
 
 
 def _binary_target(labels, positive: str | None, column: str) -> tuple[np.ndarray, str, np.ndarray]:

@@ -227,3 +227,24 @@ def test_head_files_load_weights_only(tmp_path):
                 "state_dict": {}}, path)
     with pytest.raises(ValueError, match="weights_only"):
         load_head(path)
+
+
+def test_score_head_on_embeddings_from_elsewhere(tmp_path, capsys):
+    """A regression head (``--score-col``) on embeddings another tool wrote (no model in the
+    field metadata: ``--model`` says whose they are), e.g. LAION's published .npy files."""
+    rng = np.random.default_rng(0)
+    embeddings = rng.normal(size=(600, 64)).astype(np.float32)
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    direction = rng.normal(size=64)
+    rating = 5.0 + 4.0 * embeddings @ (direction / np.linalg.norm(direction)) + rng.normal(0, 0.1, 600)
+    path = tmp_path / "rated.parquet"
+    pq.write_table(pa.table({"uid": [f"r{i}" for i in range(600)], "rating": rating,
+                             "clip_image_emb": embedding_column(embeddings)}), path)
+    out = tmp_path / "rating.head.pt"
+    assert curate(["heads", "train", "--data", str(path), "--score-col", "rating", "--name", "rating",
+                   "--output", str(out), "--model", "ViT-B-32", "--pretrained", "openai"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["task"] == "regression" and report["heldout"]["pearson"] > 0.9, report
+    head = load_head(out)
+    assert head.output == {"kind": "score", "target": "rating"}
+    assert head.metadata["model"]["fingerprint"] == model_fingerprint("ViT-B-32", "openai")
