@@ -248,3 +248,28 @@ def test_score_head_on_embeddings_from_elsewhere(tmp_path, capsys):
     head = load_head(out)
     assert head.output == {"kind": "score", "target": "rating"}
     assert head.metadata["model"]["fingerprint"] == model_fingerprint("ViT-B-32", "openai")
+
+
+def test_image_text_head_reads_both_embeddings(tmp_path):
+    """``--input image+text``: the head reads the normalised image and caption embeddings
+    concatenated; the label here depends on the caption embedding only."""
+    rng = np.random.default_rng(1)
+    image, text = rng.normal(size=(500, 32)), rng.normal(size=(500, 32))
+    labels = text[:, 0] > 0
+    fingerprint = model_fingerprint("ViT-B-32", "openai")
+    table = pa.table({"uid": [f"t{i}" for i in range(500)], "label": labels, "image": pa.nulls(500, pa.binary()),
+                      "clip_image_emb": embedding_column(image), "clip_text_emb": embedding_column(text)})
+    table = with_model(table, fingerprint, columns=("clip_image_emb", "clip_text_emb"))
+    path, out = tmp_path / "pairs.parquet", tmp_path / "pair.head.pt"
+    pq.write_table(table, path)
+    assert curate(["heads", "train", "--data", str(path), "--label-col", "label", "--name", "pair",
+                   "--input", "image+text", "--output", str(out)]) == 0
+    head = load_head(out)
+    assert head.input == "image+text" and head.in_dim == 64 and head.metadata["training"]["heldout"]["accuracy"] > 0.75
+    scored = ClipHeads(heads=[{"name": "pair", "path": str(out)}])(table.drop_columns(["label"]))
+    stored = [np.stack(table.column(c).to_numpy(zero_copy_only=False)).astype(np.float32)
+              for c in ("clip_image_emb", "clip_text_emb")]
+    features = np.concatenate([m / np.linalg.norm(m, axis=1, keepdims=True) for m in stored], axis=1)
+    weight, bias = head.net.layers[0].weight.detach().numpy(), head.net.layers[0].bias.detach().numpy()
+    np.testing.assert_allclose(scored.column("pair_score").to_numpy(),
+                               1 / (1 + np.exp(-(features @ weight.T + bias).ravel())), atol=1e-5)
