@@ -8,7 +8,7 @@ Baselines, measured in the same run on the same inputs:
 - OCR: RapidOCR with its packaged defaults (detector scales the *shortest* side up to
   736 px) vs ours (longest side down to 736 px); both single-threaded.
 
-Samples come from ``pipelines.sampleweb.generate_samples`` (captions + encoded images,
+Samples come from ``curation.sampleweb.generate_samples`` (captions + encoded images,
 no HTTP). Rows the download stage would reject (404, undecodable bytes) enter the CAT
 stage already rejected, as in a real run.
 
@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from clipcurate.filters._cat_text import CaptionParser, load_parser  # noqa: E402
 from clipcurate.filters._ocr import TextSpotter, decode_bgr, ocr_overlap  # noqa: E402
 from clipcurate.filters.cat import CatFilter  # noqa: E402
-from clipcurate.pipelines.sampleweb import generate_samples  # noqa: E402
+from clipcurate.curation.sampleweb import generate_samples  # noqa: E402
 from clipcurate.pipelines.stage import make_uid  # noqa: E402
 
 
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
 
     samples = generate_samples(args.samples, seed=args.seed)
     table = _as_download_output(samples)
-    result = {"samples": args.samples, "source": "clipcurate.pipelines.sampleweb.generate_samples"}
+    result = {"samples": args.samples, "source": "clipcurate.curation.sampleweb.generate_samples"}
     result.update(_bench_caption_rules([s.caption for s in samples]))
     result.update(_bench_ocr(samples, args.ocr_images))
     result["sample_web"] = _shares(table, CatFilter(), samples)

@@ -40,7 +40,7 @@ from clipcurate.curation.pools import make_pool  # noqa: E402
 from clipcurate.pipelines import cli  # noqa: E402
 from clipcurate.pipelines.recipe import expand_env, parse_recipe  # noqa: E402
 from clipcurate.pipelines.runner import RunOptions, run_pipeline  # noqa: E402
-from clipcurate.pipelines.sampleweb import SampleWeb  # noqa: E402
+from clipcurate.curation.sampleweb import SampleWeb  # noqa: E402
 from clipcurate.train.api import evaluate  # noqa: E402
 from clipcurate.train.filter_model import train_filter_model  # noqa: E402
 

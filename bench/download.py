@@ -53,7 +53,7 @@ server.serve_forever()
 def make_images(folder: str, n: int, seed: int = 0) -> list[str]:
     import numpy as np
 
-    from clipcurate.pipelines.sampleweb import BACKGROUNDS, COLOURS, SHAPES, encode_jpeg, render_shape
+    from clipcurate.curation.sampleweb import BACKGROUNDS, COLOURS, SHAPES, encode_jpeg, render_shape
 
     rng = np.random.default_rng(seed)
     names = []

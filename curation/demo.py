@@ -23,12 +23,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from clipcurate.pipelines.manifest import format_funnel
-from clipcurate.pipelines.recipe import load_recipe
+from clipcurate.pipelines.recipe import RECIPES_DIR, load_recipe
 from clipcurate.pipelines.runner import RunOptions, run_pipeline
-from clipcurate.pipelines.sampleweb import SHAPES, SampleWeb, labeled_set, trusted_pairs
+from clipcurate.curation.sampleweb import SHAPES, SampleWeb, labeled_set, trusted_pairs
 
 HELP = "Serve the local sample web and run the demo recipe end to end (about 3-5 minutes on 2 cores)."
-RECIPE = Path(__file__).parent / "recipes" / "demo.yaml"
+RECIPE = RECIPES_DIR / "demo.yaml"
+# A fixed port keeps the pool's URLs, so its uids and MetaCLIP's per-uid draws, the same on
+# every demo run: same input, recipe and seed, same shards.
+DEMO_PORT = 8631
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -39,6 +42,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-steps", type=int, default=150, help="training steps on the curated shards (0: skip)")
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs for the embedded Ray (default: all)")
     parser.add_argument("--address", default=None, help="Ray cluster address (default: embedded Ray)")
+    parser.add_argument("--port", type=int, default=DEMO_PORT,
+                        help="loopback port of the sample web (0: any free port)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         shutil.rmtree(out)
     data = out / "data"
     (data / "trusted" / "shards").mkdir(parents=True)
-    with SampleWeb(n=args.samples, seed=0) as web:
+    with _sample_web(args.samples, args.port) as web:
         pool = web.write_pool(str(data / "pool.parquet"))
         pq.write_table(labeled_set(), data / "labeled.parquet")
         pq.write_table(trusted_pairs(), data / "trusted" / "shards" / "part-00000.parquet")
@@ -93,6 +98,15 @@ def run(args: argparse.Namespace) -> int:
     print(f"shards: {out / 'run' / 'shards'}  manifest: {out / 'run' / 'manifest.json'}  "
           f"({time.time() - started:.0f} s)")
     return 0
+
+
+def _sample_web(samples: int, port: int) -> SampleWeb:
+    try:
+        return SampleWeb(n=samples, seed=0, port=port)
+    except OSError:
+        print(f"port {port} is taken: the sample web uses a free one, so this run's URLs, uids and "
+              "MetaCLIP draws differ from other demo runs")
+        return SampleWeb(n=samples, seed=0)
 
 
 def _step(number: int, text: str) -> None:

@@ -35,7 +35,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image, ImageEnhance
 
-from clipcurate.pipelines.sampleweb import Sample, encode_jpeg, render_text
+from clipcurate.curation.sampleweb import Sample, encode_jpeg, render_text
 from clipcurate.pipelines.stage import make_uid
 
 NOISE = {"mismatch": 0.22, "duplicate": 0.08, "text": 0.05, "foreign": 0.05, "broken": 0.04}

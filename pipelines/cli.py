@@ -15,8 +15,8 @@ from clipcurate.pipelines.errors import UserError
 
 COMMANDS: dict[str, str] = {
     "run": "clipcurate.pipelines.run_cli",
-    "demo": "clipcurate.pipelines.demo",
-    "retry": "clipcurate.pipelines.retry",
+    "demo": "clipcurate.curation.demo",
+    "retry": "clipcurate.pipelines.download.retry",
     "train": "clipcurate.train.train_cli",
     "eval": "clipcurate.train.eval_cli",
     "audit": "clipcurate.curation.audit.cli",

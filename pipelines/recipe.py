@@ -97,6 +97,7 @@ def expand_env(value, where: str):
     return value
 
 
+RECIPES_DIR = Path(__file__).parent / "recipes"  # the ready recipes shipped with the package
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 

@@ -11,7 +11,7 @@ import importlib
 from clipcurate.pipelines.stage import Stage
 
 STAGES: dict[str, str] = {
-    "download": "clipcurate.pipelines.download:Download",
+    "download": "clipcurate.pipelines.download.stage:Download",
     "basic_filter": "clipcurate.filters.basic:BasicFilter",
     "language_filter": "clipcurate.filters.language:LanguageFilter",
     "clip_score": "clipcurate.filters.clip_score:ClipScore",

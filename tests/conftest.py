@@ -22,7 +22,7 @@ def ray_local():
 
 @pytest.fixture(scope="module")
 def sample_web():
-    from clipcurate.pipelines.sampleweb import SampleWeb
+    from clipcurate.curation.sampleweb import SampleWeb
 
     with SampleWeb(n=200, seed=0) as web:
         yield web

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from clipcurate.pipelines.errors import UserError
-from clipcurate.pipelines.fetch import is_transient
+from clipcurate.pipelines.download.fetch import is_transient
 from clipcurate.pipelines.lock import RunLock
 from clipcurate.pipelines.manifest import format_funnel, write_json_atomic
 from clipcurate.pipelines.recipe import parse_recipe

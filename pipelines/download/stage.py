@@ -2,7 +2,7 @@
 
 img2dataset stays the engine for what it does well: its Resizer (resize modes, re-encoding,
 min size / max area / max aspect ratio; loaded without the img2dataset package, which
-imports torch) and its ``X-Robots-Tag`` rules. The fetch itself is ``pipelines.fetch``
+imports torch) and its ``X-Robots-Tag`` rules. The fetch itself is ``download.fetch``
 (img2dataset's ``urllib.urlopen`` cannot check an address after DNS or a redirect): robots.txt and ``X-Robots-Tag`` opt-outs honoured before the
 body is read, per-host concurrency and spacing, ``Retry-After``, bounded retries for
 transient failures only, and refusal of private, loopback, link-local and metadata
@@ -94,7 +94,7 @@ class Download(Stage):
         return Resources(num_cpus=1, batch_size=self.config.batch_size)
 
     def setup(self) -> None:
-        from clipcurate.pipelines.fetch import Fetcher, FetchPolicy
+        from clipcurate.pipelines.download.fetch import Fetcher, FetchPolicy
 
         c = self.config
         self._resizer = _resizer_class()(

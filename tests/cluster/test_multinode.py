@@ -26,7 +26,7 @@ import ray
 import cluster_stages
 from clipcurate.pipelines.recipe import parse_recipe
 from clipcurate.pipelines.runner import CPU_NODE_RESOURCE, RunOptions, run_pipeline
-from clipcurate.pipelines.sampleweb import SampleWeb
+from clipcurate.curation.sampleweb import SampleWeb
 
 ray.cloudpickle.register_pickle_by_value(cluster_stages)
 

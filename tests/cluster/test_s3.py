@@ -23,7 +23,7 @@ from clipcurate.pipelines.errors import UserError
 from clipcurate.pipelines.export import ExportOptions, datacomp_to_uids, export_run
 from clipcurate.pipelines.recipe import parse_recipe
 from clipcurate.pipelines.runner import RunOptions, run_pipeline
-from clipcurate.pipelines.sampleweb import SampleWeb
+from clipcurate.curation.sampleweb import SampleWeb
 from clipcurate.pipelines.storage import Storage
 
 ACCESS_KEY = "AKIACLIPCURATETEST01"

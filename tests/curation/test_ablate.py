@@ -14,7 +14,7 @@ from clipcurate.curation.ablate import load_experiment, plan_variants, run_ablat
 from clipcurate.curation.pools import make_pool
 from clipcurate.pipelines.errors import UserError
 from clipcurate.pipelines.runner import RunOptions
-from clipcurate.pipelines.sampleweb import SampleWeb
+from clipcurate.curation.sampleweb import SampleWeb
 from clipcurate.train.api import train
 
 
@@ -46,13 +46,13 @@ def _experiment(folder, web, variants):
 def test_ablate_shares_download_and_scores(tiny_pool, monkeypatch):
     folder, pool = tiny_pool
     encoded: list[int] = []
-    original = clip_model_module.Encoder._run
+    original = clip_model_module.Encoder.pairs  # what clip_score calls (eval embeds images alone)
 
     def counting(self, images, *args, **kwargs):
         encoded.append(len(images))
         return original(self, images, *args, **kwargs)
 
-    monkeypatch.setattr(clip_model_module.Encoder, "_run", counting)
+    monkeypatch.setattr(clip_model_module.Encoder, "pairs", counting)
     with SampleWeb(samples=pool.samples) as web:
         experiment = _experiment(folder, web, {"top90": {"set": {"clip_score.keep_top": 0.9}},
                                                "no_dedup": {"remove": ["dedup_exact"]}})

@@ -284,7 +284,7 @@ def test_through_the_pipeline_text_spotting_catches_the_sign_images(tmp_path):
 
     from clipcurate.pipelines.recipe import parse_recipe
     from clipcurate.pipelines.runner import RunOptions, run_pipeline
-    from clipcurate.pipelines.sampleweb import SampleWeb
+    from clipcurate.curation.sampleweb import SampleWeb
 
     recipe, stages = parse_recipe({
         "name": "cat-test",

@@ -21,7 +21,7 @@ import pytest
 
 from hostile_web import (HostileWeb, drip, hang, image, jpeg, partial, png, png_bomb_header, redirect,
                          status)
-from clipcurate.pipelines.download import Download
+from clipcurate.pipelines.download.stage import Download
 from clipcurate.pipelines.errors import RecipeError
 from clipcurate.pipelines.recipe import parse_recipe
 from clipcurate.pipelines.runner import RunOptions, run_pipeline
@@ -188,7 +188,7 @@ def test_retry_after_pauses_the_whole_host():
     """A 429 with Retry-After holds back the host's other requests, not only its own URL."""
     import threading
 
-    from clipcurate.pipelines.fetch import Fetcher, FetchPolicy
+    from clipcurate.pipelines.download.fetch import Fetcher, FetchPolicy
 
     routes = {"/a.jpg": [status(429, {"Retry-After": "1"}), image(jpeg())], "/b.jpg": image(jpeg())}
     with HostileWeb(routes) as web:
@@ -230,7 +230,7 @@ def test_x_robots_tag_parsing_matches_img2dataset():
 
     from img2dataset.downloader import is_disallowed as theirs
 
-    from clipcurate.pipelines.fetch import is_disallowed as ours
+    from clipcurate.pipelines.download.fetch import is_disallowed as ours
 
     directives = {"noai", "noimageai", "noindex", "noimageindex"}
     cases = [[], ["noai"], ["NoImageAI"], ["nofollow"], ["noarchive, noindex"], ["clipcurate: noai"],
@@ -257,7 +257,7 @@ def test_https_verifies_the_name_on_the_pinned_connection(tmp_path):
     name; an untrusted certificate is connect=tls, not retried."""
     import ssl
 
-    from clipcurate.pipelines.fetch import Fetcher, FetchPolicy
+    from clipcurate.pipelines.download.fetch import Fetcher, FetchPolicy
 
     cert, key = _self_signed(tmp_path)
     with HostileWeb({"/ok.jpg": image(jpeg())}, tls=(cert, key)) as web:

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 
 from clipcurate.pipelines.recipe import parse_recipe
 from clipcurate.pipelines.runner import RunOptions, run_pipeline
-from clipcurate.pipelines.sampleweb import COLOURS, SHAPES, generate_samples
+from clipcurate.curation.sampleweb import COLOURS, SHAPES, generate_samples
 
 
 def _recipe(metadata) -> dict:

@@ -19,7 +19,7 @@ from clipcurate.pipelines.errors import InputError, UserError
 from clipcurate.pipelines.lock import LOCK_FILE, RunLock
 from clipcurate.pipelines.recipe import parse_recipe
 from clipcurate.pipelines.runner import InlineExecutor, RunOptions, run_pipeline
-from clipcurate.pipelines.sampleweb import SampleWeb
+from clipcurate.curation.sampleweb import SampleWeb
 from clipcurate.pipelines.storage import Storage
 
 DOWNLOAD = {"download": {"image_size": 48, "timeout": 5, "allow_private_networks": True}}
@@ -202,7 +202,7 @@ def test_a_retrained_filter_model_rescores_on_resume(web, tmp_path, monkeypatch)
     rerun: the scores are the new model's (equal to a fresh run), nothing is fetched."""
     import pyarrow as pa
 
-    from clipcurate.pipelines.sampleweb import trusted_pairs
+    from clipcurate.curation.sampleweb import trusted_pairs
     from clipcurate.train.api import train
 
     (tmp_path / "trusted").mkdir()

@@ -73,12 +73,12 @@ def test_retry_recovers_only_transient_failures(tmp_path, capsys, monkeypatch):
             assert "5 samples failed transiently" in capsys.readouterr().out
             assert (out / "manifest.json").exists()
             # interrupted after the phase-1 blocks were rewritten: running it again resumes
-            import clipcurate.pipelines.retry
+            import clipcurate.pipelines.download.retry
 
             def interrupted(*args, **kwargs):
                 raise KeyboardInterrupt
 
-            monkeypatch.setattr(clipcurate.pipelines.retry, "run_pipeline", interrupted)
+            monkeypatch.setattr(clipcurate.pipelines.download.retry, "run_pipeline", interrupted)
             with pytest.raises(KeyboardInterrupt):
                 curate(["retry", str(out), "--inline", "--no-progress"])
             assert not (out / "manifest.json").exists() and (out / "_work" / "retry.json").exists()

@@ -14,7 +14,7 @@ import pytest
 
 from clipcurate.pipelines.recipe import parse_recipe
 from clipcurate.pipelines.runner import RunOptions, run_pipeline
-from clipcurate.pipelines.sampleweb import SampleWeb
+from clipcurate.curation.sampleweb import SampleWeb
 
 RECIPE = {
     "name": "test",

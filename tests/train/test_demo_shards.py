@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 
 from clipcurate.pipelines.recipe import parse_recipe
 from clipcurate.pipelines.runner import RunOptions, run_pipeline
-from clipcurate.pipelines.sampleweb import SHAPES, SampleWeb, labeled_set
+from clipcurate.curation.sampleweb import SHAPES, SampleWeb, labeled_set
 from clipcurate.train.api import evaluate, train
 
 
