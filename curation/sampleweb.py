@@ -190,7 +190,33 @@ def trusted_pairs(n: int = 600, seed: int = 2, size: int = 96) -> pa.Table:
                      "width": pa.array(rows["width"], pa.int32()), "height": pa.array(rows["height"], pa.int32())})
 
 
-class SampleWeb:
+class LoopbackServer:
+    """A threaded HTTP server on 127.0.0.1, run in a background thread while in a
+    ``with`` block. Subclasses set ``self._server`` and may set ``self._stop`` (an Event
+    their handlers watch) before serving."""
+
+    _server: ThreadingHTTPServer
+    _stop: threading.Event | None = None
+
+    def start(self):
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class SampleWeb(LoopbackServer):
     """The server. ``with SampleWeb(n=500) as web: web.write_pool(path)``.
 
     ``requests`` counts requests per path, so tests can check what was fetched.
@@ -205,7 +231,6 @@ class SampleWeb:
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self._server.daemon_threads = True
-        self._thread: threading.Thread | None = None
 
     @property
     def base_url(self) -> str:
@@ -239,21 +264,6 @@ class SampleWeb:
                 pass
 
         return Handler
-
-    def start(self) -> "SampleWeb":
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-    def __enter__(self) -> "SampleWeb":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
     def pool(self) -> pa.Table:
         """The URL + caption list a crawl would start from, with the truth per row."""

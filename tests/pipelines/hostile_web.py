@@ -17,6 +17,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from PIL import Image
 
+from clipcurate.curation.sampleweb import LoopbackServer
+
 
 def jpeg(size=(64, 48), colour=(200, 30, 30)) -> bytes:
     buffer = io.BytesIO()
@@ -70,7 +72,7 @@ def drip(body: bytes, every: float = 0.2, content_type: str = "image/jpeg"):
     return ("drip", body, every, content_type)
 
 
-class HostileWeb:
+class HostileWeb(LoopbackServer):
     """``with HostileWeb({"/a.jpg": image(jpeg()), ...}) as web: web.url("/a.jpg")``."""
 
     def __init__(self, routes: dict | None = None, port: int = 0, tls: tuple[str, str] | None = None):
@@ -91,7 +93,6 @@ class HostileWeb:
             context.load_cert_chain(*tls)
             self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
             self.scheme = "https"
-        self._thread: threading.Thread | None = None
 
     @property
     def port(self) -> int:
@@ -177,19 +178,3 @@ class HostileWeb:
                 pass
 
         return Handler
-
-    def start(self) -> "HostileWeb":
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._server.shutdown()
-        self._server.server_close()
-
-    def __enter__(self) -> "HostileWeb":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
