@@ -203,7 +203,7 @@ def wordnet_entries(*, all_lemmas: bool = False, wordnet_dir: str = "/usr/share/
     copied once into a cache folder and ``lexnames`` is written from the WordNet 3.0
     table. Without ``wordnet_dir``, nltk's own installed wordnet corpus is used.
     """
-    reader = _wordnet_reader(wordnet_dir, cache_dir)
+    reader = wordnet_reader(wordnet_dir, cache_dir)
     if all_lemmas:
         names = (name.replace("_", " ") for name in reader.all_lemma_names())
     else:
@@ -230,7 +230,7 @@ def default_cache_dir() -> str:
     return os.path.join(base, "clipcurate")
 
 
-def _wordnet_reader(wordnet_dir: str | None, cache_dir: str | None):
+def wordnet_reader(wordnet_dir: str | None, cache_dir: str | None):
     import warnings
 
     import nltk

@@ -158,7 +158,7 @@ def _imagenet_wnids() -> list[str]:
 @functools.lru_cache(maxsize=2)
 def _wordnet(wordnet_dir: str):
     """nltk's WordNet reader (seconds to open: once per process)."""
-    from clipcurate.curation.metadata import _wordnet_reader
+    from clipcurate.curation.metadata import wordnet_reader
 
-    return _wordnet_reader(wordnet_dir or None, None)
+    return wordnet_reader(wordnet_dir or None, None)
 
