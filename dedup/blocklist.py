@@ -9,8 +9,9 @@ be, so a blocked URL is never fetched:
 * before the download: ``uid`` (url + caption) and ``url`` (compared after
   ``pipelines.release.normalise_url``: scheme and host lower-cased, default port and
   fragment dropped) -> ``blocklist:uid``, ``blocklist:url``;
-* after it: ``sha256`` of the stored image bytes (what ``dedup_exact`` writes as
-  ``image_sha256`` into a release's shards) -> ``blocklist_image:sha256``, and the 64-bit
+* after it: ``sha256`` of the image as served (the download's ``source_sha256``: what a
+  takedown request names, since the download re-encodes) or of the stored image bytes
+  (what ``dedup_exact`` writes as ``image_sha256``) -> ``blocklist_image:sha256``, and the 64-bit
   pHash within ``phash_max_distance`` bits of a blocked one (re-encodes, resizes) ->
   ``blocklist_image:phash=<blocked hash, 16 hex digits>``.
 
@@ -80,6 +81,9 @@ class BlocklistFilter(Stage):
         if todo and "sha256" in check and len(self._sha256):
             digests = np.array([hashlib.sha256(images[i]).hexdigest() for i in todo])
             hit = np.isin(digests, self._sha256)
+            if "source_sha256" in batch.column_names:
+                served = batch.column("source_sha256").take(pa.array(todo)).to_pylist()
+                hit |= np.isin(np.array([h or "" for h in served]), self._sha256)
             reasons[np.asarray(todo)[hit]] = self.reason("sha256")
             todo = [i for i, h in zip(todo, hit) if not h]
         if todo and "phash" in check and len(self._phash):

@@ -20,6 +20,7 @@ aspect_ratio. ``curate retry OUT`` re-fetches the transient ones.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import io
 import math
@@ -87,8 +88,10 @@ class Download(Stage):
     checkpoint = True
     speed_params = ("thread_count", "batch_size")
     reads = ("url",)
+    # source_sha256: of the bytes as served, before the resize re-encodes them (img2dataset's
+    # compute_hash): what a takedown request names, and what a blocklist matches
     adds = {"image": pa.binary(), "width": pa.int32(), "height": pa.int32(),
-            "original_width": pa.int32(), "original_height": pa.int32()}
+            "original_width": pa.int32(), "original_height": pa.int32(), "source_sha256": pa.string()}
 
     def resources(self) -> Resources:
         return Resources(num_cpus=1, batch_size=self.config.batch_size)
@@ -124,6 +127,7 @@ class Download(Stage):
         n = batch.num_rows
         urls = batch.column("url").to_pylist()
         images: list[bytes | None] = [None] * n
+        sources: list[str | None] = [None] * n
         sizes = np.zeros((n, 4), dtype=np.int64)
         reasons: list[str | None] = [None] * n
         order = _interleave_hosts(urls, np.flatnonzero(kept_mask(batch)))
@@ -139,6 +143,7 @@ class Download(Stage):
                 i = futures[future]
                 data, reason = future.result()
                 if data is not None:
+                    sources[i] = hashlib.sha256(data).hexdigest()
                     data, size, reason = self._resize_one(data)
                     if size is not None:
                         sizes[i] = size
@@ -150,6 +155,7 @@ class Download(Stage):
         batch = set_column(batch, "image", pa.array(images, pa.binary()))
         for column, j in (("width", 0), ("height", 1), ("original_width", 2), ("original_height", 3)):
             batch = set_column(batch, column, pa.array(np.where(ok, sizes[:, j], 0), pa.int32(), mask=~ok))
+        batch = set_column(batch, "source_sha256", pa.array([h if k else None for h, k in zip(sources, ok)], pa.string()))
         failed = np.array([r is not None for r in reasons], dtype=bool)
         return reject_rows(batch, failed, [self.reason(r) if r else None for r in reasons])
 

@@ -98,3 +98,15 @@ def test_recipe_blocklist_checks_urls_before_the_download_and_hashes_after(tmp_p
     _, no_download = parse_recipe({"stages": [{"dedup_exact": {}}], "blocklist": [str(listing)]})
     assert [s.label for s in no_download] == ["blocklist", "dedup_exact"]
     assert set(no_download[0].config.check) == {"uid", "url", "sha256", "phash"}
+
+
+def test_a_takedown_names_the_image_as_served_not_as_stored(tmp_path, images, reasons_of):
+    """The download re-encodes: a takedown's sha256 of the original file matches the
+    download's ``source_sha256``, though no stored byte equals the original."""
+    original = images.png(40)
+    listing = tmp_path / "takedowns.txt"
+    listing.write_text(f"sha256:{hashlib.sha256(original).hexdigest()}\n")
+    batch = pool(["u_taken", "u_ok"], ["http://x/1", "http://x/2"], images=[images.jpeg(40, 80), images.png(42)])
+    batch = batch.append_column("source_sha256", pa.array([hashlib.sha256(original).hexdigest(), "0" * 64]))
+    out = BlocklistFilter(paths=[str(listing)], check=["sha256"])(batch)
+    assert reasons_of(out) == {"u_taken": "blocklist:sha256", "u_ok": None}

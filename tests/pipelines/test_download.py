@@ -10,6 +10,7 @@ is refused after resolution, as it would be in production.
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import socket
 import subprocess
@@ -153,6 +154,8 @@ def test_batch_deadline_bounds_a_hanging_host():
     reasons = out.column(REJECT).to_pylist()
     assert all(r.startswith("download:timeout") for r in reasons[:3]) and reasons[3] is None
     assert out.column("image").to_pylist()[3]
+    # the served bytes' sha256, before the resize re-encodes them (what takedowns name)
+    assert out.column("source_sha256").to_pylist() == [None] * 3 + [hashlib.sha256(jpeg()).hexdigest()]
     assert elapsed < 5
     assert web.requests["/hang.jpg"] == 3  # no retry past the deadline
 
