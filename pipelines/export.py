@@ -5,10 +5,12 @@
   ``{uid}.txt`` (the caption) and ``{uid}.json`` (every column but the image and the
   embeddings, ``uid`` included, so DataComp's resharder and ``--format uids`` files apply
   to the tars); with ``embeddings`` also ``{uid}.<column>.npy``. Tars are written with
-  webdataset's ``TarWriter`` (fixed mtime and owner: the same shards give byte-identical
-  tars), named ``000000.tar``, ``000001.tar`` ... in the order of the run's shards, and
-  cut every ``shard_rows`` rows or, with ``shard_bytes``, about that many bytes (rows =
-  target / the shards' mean row size from parquet metadata). One Ray task writes one tar
+  Python's ``tarfile`` (``TarInfo.tobuf`` headers, ``TarFile.close``'s end of archive),
+  byte for byte what webdataset's ``TarWriter`` writes for the same samples (fixed mtime
+  and owner: the same shards give byte-identical tars), named ``000000.tar``,
+  ``000001.tar`` ... in the order of the run's shards, and cut every ``shard_rows`` rows
+  or, with ``shard_bytes``, about that many bytes (rows = target / the shards' mean row
+  size from parquet metadata). One Ray task writes one tar
   (atomically: a tar is absent or complete) and the driver records it in
   ``_export/NNNNNN.json``; a rerun writes only the tars not recorded, and refuses an
   output planned from other shards or options (``force`` replaces it). ``manifest.json``
@@ -46,6 +48,7 @@ from clipcurate.pipelines.storage import Storage
 
 FORMATS = ("webdataset", "uids")
 UID_DTYPE = np.dtype("u8,u8")
+TAR_MODE, TAR_OWNER = 0o444, "clipcurate"  # webdataset TarWriter's mode; our user and group
 TAR_MTIME = 0  # reproducible tars: the same rows give the same bytes (an int: a float mtime costs a pax header per member)
 WORK = "_export"
 # Embedding columns go to .npy members (with ``embeddings``), never into the JSON.
@@ -322,53 +325,133 @@ def _schema(source: Storage, plan: list[TarPlan]) -> pa.Schema:
 
 
 def write_tar(source: Storage, out: Storage, tar: TarPlan, members: dict) -> dict:
-    """Write one tar from its row slices; returns its manifest entry."""
-    import polars as pl
-    from webdataset import TarWriter
+    """Write one tar from its row slices; returns its manifest entry.
 
-    digest, size = hashlib.sha256(), 0
+    The members go through Python's ``tarfile``: one reused ``TarInfo`` (name and size
+    set per member) gives each header with ``TarInfo.tobuf`` (ustar), the data follows
+    padded to a 512-byte block, as ``TarFile.addfile`` writes it, and ``TarFile.close``
+    ends the archive; the bytes equal webdataset's ``TarWriter`` output for the same
+    samples (``tests/pipelines/test_export.py`` checks it). What ``addfile`` adds per
+    member and we skip: a copy of the ``TarInfo``, a ``BytesIO`` per member, a member
+    list, one filesystem write per piece. Only the columns the samples need are read."""
+    import polars as pl
+
+    digest = hashlib.sha256()
     by_file: dict[str, list[Slice]] = {}
     for piece in tar.slices:
         by_file.setdefault(piece.path, []).append(piece)
+    columns = needed_columns(members)
     path = out.path(tar.name)
     with out.open_output(path) as stream:
-        sink = _Hashing(stream, digest)
-        with TarWriter(sink, encoder=False, mtime=TAR_MTIME, user="clipcurate", group="clipcurate") as writer:
-            writer.tarstream.format = tarfile.USTAR_FORMAT  # TarWriter computes its format but does not pass it on
+        sink = _HashingSink(stream, digest)
+        try:
+            archive = tarfile.open(fileobj=sink, mode="w", format=tarfile.USTAR_FORMAT)
+            info = tarfile.TarInfo()
+            info.mtime, info.mode, info.uname, info.gname = TAR_MTIME, TAR_MODE, TAR_OWNER, TAR_OWNER
             for file, pieces in by_file.items():
                 with source.fs.open_input_file(file) as handle:
                     parquet = pq.ParquetFile(handle)
+                    present = [c for c in columns if c in parquet.schema_arrow.names]
                     for piece in pieces:
-                        table = parquet.read_row_group(piece.group).slice(piece.start, piece.stop - piece.start)
-                        _write_rows(writer, table, members, pl)
-        sink.flush()
-        size = sink.size
-    return {"name": tar.name, "rows": tar.rows, "bytes": size, "sha256": digest.hexdigest()}
+                        table = parquet.read_row_group(piece.group, columns=present)
+                        for batch in table.slice(piece.start, piece.stop - piece.start).to_batches():
+                            archive.offset += _write_rows(sink, info, archive, batch, members, pl)
+            archive.close()  # tarfile's end of archive: two zero blocks, padding to a 10 KiB record
+        finally:
+            sink.close()
+    return {"name": tar.name, "rows": tar.rows, "bytes": sink.size, "sha256": digest.hexdigest()}
 
 
-def _write_rows(writer, table: pa.Table, members: dict, pl) -> None:
+def needed_columns(members: dict) -> list[str]:
+    """The shard columns a webdataset export reads (the JSON's, the image, the caption,
+    the ``.npy`` embeddings): embeddings not asked for stay on disk."""
+    wanted = list(members["json"]) + ["image"] + ([members["txt"]] if members["txt"] else []) + list(members["npy"])
+    return list(dict.fromkeys(wanted))
+
+
+_PADDING = [tarfile.NUL * ((tarfile.BLOCKSIZE - r) % tarfile.BLOCKSIZE) for r in range(tarfile.BLOCKSIZE)]
+
+
+def _write_rows(sink, info: tarfile.TarInfo, archive: tarfile.TarFile, table: pa.RecordBatch, members: dict,
+                pl) -> int:
+    """Write ``table``'s rows as samples to ``sink``; returns the bytes written. Members
+    of a sample go in sorted suffix order, as ``TarWriter.write`` orders them."""
+    n = table.num_rows
+    if not n:
+        return 0
+    image_column = table.column("image")
+    if image_column.null_count:
+        missing = table.filter(image_column.is_null()).column("uid")[0].as_py()
+        raise UserError(f"row {missing} has no image bytes; shards hold kept rows with images")
     uids = table.column("uid").to_pylist()
-    images = table.column("image").to_pylist()
-    captions = table.column(members["txt"]).to_pylist() if members["txt"] else None
+    images, image_at = _binary_values(image_column)
+    fixed: dict[str, tuple] = {}
+    if members["txt"]:
+        fixed["txt"] = _binary_values(table.column(members["txt"]).fill_null(""))
     lines = pl.from_arrow(table.select(members["json"])).write_ndjson().encode().splitlines()
-    vectors = {name: _vectors(table.column(name)) for name in members["npy"]}
-    for i, uid in enumerate(uids):
-        image = images[i]
-        if image is None:
-            raise UserError(f"row {uid} has no image bytes; shards hold kept rows with images")
-        sample = {"__key__": uid, _extension(image, uid): image, "json": lines[i]}
-        if captions is not None:
-            sample["txt"] = (captions[i] or "").encode("utf-8")
-        for name, values in vectors.items():
-            sample[f"{name}.npy"] = _npy(values[i])
-        writer.write(sample)
+    npy = {f"{name}.npy": _npy_rows(table.column(name)) for name in members["npy"]}
+    orders: dict[str, list[str]] = {}  # image extension -> the sample's member suffixes, sorted
+    tobuf, args, padding, block = info.tobuf, (archive.format, archive.encoding, archive.errors), _PADDING, tarfile.BLOCKSIZE
+    pieces, pending, written, chunk = [], 0, 0, sink.chunk
+    for i in range(n):
+        uid = uids[i]
+        start, stop = image_at[i], image_at[i + 1]
+        extension = _extension(bytes(images[start:start + 12]), uid)
+        order = orders.get(extension)
+        if order is None:
+            order = orders[extension] = sorted([extension, "json", *fixed, *npy])
+        for suffix in order:
+            if suffix == extension:
+                data = images[start:stop]
+            elif suffix == "json":
+                data = lines[i]
+            elif suffix in fixed:
+                values, at = fixed[suffix]
+                data = values[at[i]:at[i + 1]]
+            else:
+                data = npy[suffix](i)
+            size = len(data)
+            info.name, info.size = f"{uid}.{suffix}", size
+            header = tobuf(*args)
+            pad = padding[size % block]
+            pieces += (header, data, pad)
+            pending += len(header) + size + len(pad)
+        if pending >= chunk:
+            sink.extend(pieces, pending)
+            pieces, written, pending = [], written + pending, 0
+    sink.extend(pieces, pending)
+    return written + pending
 
 
-def _vectors(column) -> np.ndarray:
+def _binary_values(column) -> tuple[memoryview, list[int]]:
+    """A binary or string column's value bytes and its n + 1 offsets (no copy per row)."""
+    array = column
+    if isinstance(array, pa.ChunkedArray):  # combine_chunks copies even a single chunk
+        array = array.chunk(0) if array.num_chunks == 1 else array.combine_chunks()
+    kind = array.type
+    if not (pa.types.is_binary(kind) or pa.types.is_string(kind) or pa.types.is_large_binary(kind)
+            or pa.types.is_large_string(kind)):
+        array = array.cast(pa.large_binary())
+        kind = array.type
+    width = np.int64 if pa.types.is_large_binary(kind) or pa.types.is_large_string(kind) else np.int32
+    buffers = array.buffers()
+    offsets = np.frombuffer(buffers[1], width)[array.offset:array.offset + len(array) + 1]
+    values = memoryview(buffers[2]) if buffers[2] is not None else memoryview(b"")
+    return values.cast("B"), offsets.tolist()
+
+
+def _npy_rows(column):
+    """``i -> np.save bytes of row i``. Rows of one length share np.save's header, so it
+    is made once (by np.save of the first row) and each row's bytes follow it."""
     column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    width = column.type.list_size if pa.types.is_fixed_size_list(column.type) else None
-    values = column.flatten().to_numpy(zero_copy_only=False)
-    return values.reshape(len(column), width if width else -1)
+    lengths = column.value_lengths().to_numpy(zero_copy_only=False) if len(column) else np.zeros(0)
+    if column.null_count or (len(lengths) and not np.all(lengths == lengths[0])):
+        rows = column.to_pylist()
+        kind = column.type.value_type.to_pandas_dtype()
+        return lambda i: _npy(np.asarray(rows[i] if rows[i] is not None else [], kind))
+    vectors = np.ascontiguousarray(column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), -1))
+    head = _npy(vectors[0])[:-vectors[0].nbytes or None] if len(vectors) else b""
+    return lambda i: head + vectors[i].tobytes()
 
 
 def _npy(vector: np.ndarray) -> bytes:
@@ -396,30 +479,71 @@ def _extension(data: bytes, uid: str) -> str:
     raise UserError(f"row {uid}: image bytes in an unknown encoding (not JPEG, PNG, WebP, GIF, BMP or TIFF)")
 
 
-class _Hashing:
-    """A write-only stream that hashes and counts what passes through to ``stream``,
-    in chunks of ``chunk`` bytes (tarfile's stream mode writes 10 KiB records: one
-    hash update and one filesystem write per record would dominate)."""
+class _HashingSink:
+    """A write-only stream that hashes and counts what passes through to ``stream``.
+    Pieces (headers, data, padding) are collected and joined into chunks of ``chunk``
+    bytes; a background thread hashes each chunk and writes it (``hashlib`` and pyarrow
+    release the GIL), so hashing and writing overlap the Python loop that builds headers.
+    ``close`` drains it and raises what the thread raised."""
 
     def __init__(self, stream, digest, chunk: int = 8 << 20):
+        import queue
+        import threading
+
         self.stream, self.digest, self.size, self.chunk = stream, digest, 0, chunk
-        self.buffer = bytearray()
+        self.parts: list = []
+        self.pending = 0
+        self.error: BaseException | None = None
+        self.queue: queue.Queue = queue.Queue(maxsize=2)
+        self.thread = threading.Thread(target=self._drain, name="tar-writer", daemon=True)
+        self.thread.start()
 
     def write(self, data) -> int:
-        self.buffer += data
-        self.size += len(data)
-        if len(self.buffer) >= self.chunk:
+        size = len(data)
+        self.parts.append(data)
+        self.pending += size
+        self.size += size
+        if self.pending >= self.chunk:
             self.flush()
-        return len(data)
+        return size
+
+    def extend(self, pieces: list, size: int) -> None:
+        """``write`` of each of ``pieces`` (``size`` bytes in all), in one call."""
+        self.parts += pieces
+        self.pending += size
+        self.size += size
+        if self.pending >= self.chunk:
+            self.flush()
 
     def flush(self) -> None:
-        if self.buffer:
-            self.digest.update(self.buffer)
-            self.stream.write(bytes(self.buffer))
-            self.buffer.clear()
+        if self.error is not None:
+            raise self.error
+        if self.parts:
+            self.queue.put(b"".join(self.parts))
+            self.parts, self.pending = [], 0
+
+    def _drain(self) -> None:
+        while (chunk := self.queue.get()) is not None:
+            if self.error is None:
+                try:
+                    self.digest.update(chunk)
+                    self.stream.write(chunk)
+                except BaseException as err:  # noqa: BLE001 - raised in the writing thread by flush/close
+                    self.error = err
 
     def tell(self) -> int:
         return self.size
 
-    def close(self) -> None:  # the Storage context closes the real stream
-        self.flush()
+    def close(self) -> None:
+        """Write what is left and stop the thread (also after a failure: the Storage
+        context then removes the partial file)."""
+        if self.thread.is_alive():
+            try:
+                if self.error is None:
+                    self.queue.put(b"".join(self.parts))
+                self.parts, self.pending = [], 0
+            finally:
+                self.queue.put(None)
+                self.thread.join()
+        if self.error is not None:
+            raise self.error

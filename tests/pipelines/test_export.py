@@ -83,10 +83,36 @@ def test_webdataset_export_holds_every_kept_row_once(run_dir, tmp_path):
         assert abs(meta["clip_score"] - row["clip_score"]) < 1e-6
         assert np.load(io.BytesIO(sample["clip_image_emb.npy"])).tolist() == \
             np.asarray(row["clip_image_emb"], np.float16).tolist()
+    # tarfile's format, as webdataset's own writer lays it out: the same samples rewritten
+    # with TarWriter give the same bytes
+    for entry in manifest["tars"]:
+        assert _rewritten_with_tar_writer(out / entry["name"]) == (out / entry["name"]).read_bytes()
     # the same shards give byte-identical tars
     again = export_run(str(run_dir), str(tmp_path / "again"), ExportOptions(shard_rows=64, inline=True,
                                                                              embeddings=True, progress=False))
     assert [t["sha256"] for t in again["tars"]] == [t["sha256"] for t in manifest["tars"]]
+
+
+def _rewritten_with_tar_writer(path) -> bytes:
+    """The samples of a tar (in order) written again by webdataset's ``TarWriter`` with
+    the export's settings (ustar, mtime 0, owner clipcurate)."""
+    from webdataset import TarWriter
+
+    samples: list[dict] = []
+    with tarfile.open(path) as tar:
+        for member in tar.getmembers():
+            assert member.mode == 0o444 and member.mtime == 0 and member.uname == member.gname == "clipcurate"
+            key, _, ext = member.name.partition(".")
+            if not samples or samples[-1]["__key__"] != key:
+                samples.append({"__key__": key})
+            samples[-1][ext] = tar.extractfile(member).read()
+    buffer = io.BytesIO()
+    with TarWriter(buffer, encoder=False, mtime=0, user="clipcurate", group="clipcurate") as writer:
+        writer.tarstream.format = tarfile.USTAR_FORMAT
+        for sample in samples:
+            writer.write(sample)
+        writer.tarstream.close()
+        return buffer.getvalue()
 
 
 def test_export_resumes_only_the_missing_tars_and_refuses_other_options(run_dir, tmp_path):
@@ -112,6 +138,20 @@ def test_export_resumes_only_the_missing_tars_and_refuses_other_options(run_dir,
                                                                 progress=False))
     assert [t["rows"] for t in replaced["tars"]] == [70, 70, 70, 20]
     assert sorted(p.name for p in out.glob("*.tar")) == [t["name"] for t in replaced["tars"]]
+
+
+def test_a_row_without_image_fails_the_tar_and_leaves_no_file(run_dir, tmp_path):
+    shards = tmp_path / "run" / "shards"
+    shards.mkdir(parents=True)
+    table = pq.read_table(run_dir / "shards").slice(0, 90)
+    images = table.column("image").to_pylist()
+    images[70] = None
+    table = table.set_column(table.column_names.index("image"), "image", pa.array(images, pa.binary()))
+    pq.write_table(table, shards / "part-00000.parquet", row_group_size=40)
+    out = tmp_path / "wds"
+    with pytest.raises(UserError, match=f"row {table.column('uid')[70].as_py()} has no image"):
+        export_run(str(tmp_path / "run"), str(out), ExportOptions(shard_rows=50, inline=True, progress=False))
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == ["000000.tar"]  # the first tar, complete
 
 
 def _plan_identity(run_dir, options):
