@@ -9,7 +9,10 @@ matrix product of a query batch with all rows and ``argpartition`` for the top 1
 is ``curation.search.make_index`` with the kind ``curate index`` picks for this many rows
 (``--kind auto``: HNSW past 100k) and, for reference, faiss's exact ``IndexFlatIP``.
 Recall@10 is against the exact top 10 of the same queries; ``ratio`` = ours queries/s
-over numpy's (both over the same query batch, same threads).
+over numpy's (both over the same query batch, same threads). ``build_cpu_s`` is the
+process CPU time of the build (all threads): on a shared machine it moves less than the
+wall time. ``--hnsw-m``, ``--ef-construction`` and ``--ef-search`` override the
+defaults, for a sweep.
 
     .venv/bin/python bench/search.py --rows 200000
 """
@@ -31,11 +34,20 @@ def main() -> None:
     parser.add_argument("--kind", default="auto", choices=("auto", "flat", "hnsw", "ivfpq"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=256, help="queries per numpy matrix product")
+    parser.add_argument("--hnsw-m", type=int, help="HNSW M (default: curation.search.HNSW_M)")
+    parser.add_argument("--ef-construction", type=int, help="HNSW efConstruction (default: HNSW_EF_CONSTRUCTION)")
+    parser.add_argument("--ef-search", type=int, help="HNSW efSearch (default: HNSW_EF_SEARCH)")
     args = parser.parse_args()
 
     import faiss
 
+    from clipcurate.curation import search
     from clipcurate.curation.search import EXACT_MAX, HNSW_MAX, make_index
+
+    for name, value in (("HNSW_M", args.hnsw_m), ("HNSW_EF_CONSTRUCTION", args.ef_construction),
+                        ("HNSW_EF_SEARCH", args.ef_search)):
+        if value is not None:  # a sweep of the defaults: make_index reads the module's constants
+            setattr(search, name, value)
 
     faiss.omp_set_num_threads(args.threads)
     vectors, queries = clip_like(args.rows, args.queries, args.dim)
@@ -46,9 +58,9 @@ def main() -> None:
     exact = brute_force(vectors, queries, 10, args.batch)
     numpy_s = time.perf_counter() - start
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     index, params = make_index(kind, vectors)
-    build_s = time.perf_counter() - start
+    build_s, build_cpu_s = time.perf_counter() - start, time.process_time() - cpu
     index.search(queries[:10], 10)  # warm
     start = time.perf_counter()
     _, ours = index.search(queries, 10)
@@ -63,7 +75,7 @@ def main() -> None:
     flat_recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(flat_ids, exact)]))
     result = {
         "rows": args.rows, "dim": args.dim, "queries": args.queries, "threads": args.threads, "kind": kind,
-        "params": params, "build_s": round(build_s, 2),
+        "params": params, "build_s": round(build_s, 2), "build_cpu_s": round(build_cpu_s, 2),
         "ours_qps": round(args.queries / ours_s, 1), "numpy_qps": round(args.queries / numpy_s, 1),
         "faiss_flat_qps": round(args.queries / flat_s, 1), "recall_at_10": round(recall, 4),
         "faiss_flat_recall_at_10": round(flat_recall, 4),
