@@ -79,7 +79,7 @@ def main() -> None:
             tars = sorted((root / f"inline{i}").glob("*.tar"))
             tar_bytes = sum(p.stat().st_size for p in tars)
             blobs = [p.read_bytes() for p in tars]
-            times["write"].append(timed(lambda i=i: raw_write(blobs, root / f"raw{i}")))
+            times["write"].append(timed(lambda i=i, b=blobs: raw_write(b, root / f"raw{i}")))
             times["headers"].append(tar_headers(tars))
             del blobs
             for folder in (root / f"inline{i}", root / f"raw{i}"):
