@@ -19,7 +19,7 @@ fingerprint mixes the releases' digests into every stage from the first global s
 release, and changing ``--against`` never costs a download.
 
 A *blocklist* lists samples that must never come back (takedown requests, an earlier
-review): uids, URLs, SHA-256 of the stored image bytes and 64-bit perceptual hashes.
+review): uids, URLs, SHA-256 of the image (as served, or as stored) and 64-bit perceptual hashes.
 ``read_blocklist`` reads parquet, csv, jsonl (columns ``uid``, ``url``, ``sha256``,
 ``phash``, any subset, nulls allowed) or txt (one ``kind:value`` per line).
 """
