@@ -241,7 +241,7 @@ def project_full_run(manifest: dict, input_rows: int) -> dict:
         "input_rows": input_rows, "sample_rows": manifest["totals"]["input"], "ratio": round(ratio, 3),
         "executor": timing.get("executor"), "cpus": timing.get("cpus"), "gpus": timing.get("gpus"),
         "stages": stages, "split_write_s": round(ratio * driver, 3), "overhead_s": round(overhead, 3),
-        "wall_s": round(total, 1),
+        "wall_s": round(total, 3),  # a fast preview projects under 0.05 s: 1 decimal would say 0
         "formula": PROJECTION_FORMULA,
     }
 
