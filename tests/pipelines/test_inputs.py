@@ -12,7 +12,7 @@ import pytest
 
 from clipcurate.pipelines.errors import InputError, RecipeError
 from clipcurate.pipelines.readers import read_input_table, split_input
-from clipcurate.pipelines.recipe import InputConfig, check_columns, load_recipe, parse_recipe
+from clipcurate.pipelines.recipe import InputConfig, check_columns, load_recipe
 from clipcurate.pipelines.stage import Stage
 
 ROWS = [("http://a.example/1.jpg", "a red circle"), ("http://a.example/2.jpg", "a blue square")]

@@ -10,7 +10,6 @@ import sys
 import time
 
 import pyarrow.parquet as pq
-import pytest
 
 from clipcurate.pipelines.recipe import parse_recipe
 from clipcurate.pipelines.runner import RunOptions, run_pipeline
