@@ -177,7 +177,7 @@ def query_encoder(info: dict, model: str | None = None, pretrained: str | None =
     """The encoder for queries: the model that made the index's embeddings. ``model``
     names it explicitly (e.g. when the run recorded a relative path); a model whose
     fingerprint differs from the index's is refused."""
-    from clipcurate.train.clip_model import Encoder
+    from clipcurate.train.clip_model import Encoder, same_model
 
     spec, recorded_pretrained = _parse_fingerprint(info["model"])
     if model is None and spec is None:
@@ -188,7 +188,7 @@ def query_encoder(info: dict, model: str | None = None, pretrained: str | None =
         encoder = Encoder(chosen, chosen_pretrained, device=device)
     except (FileNotFoundError, OSError) as err:
         raise UserError(f"cannot load the index's model {chosen!r} ({err}); pass --model") from None
-    if encoder.fingerprint.rsplit("|", 1)[-1] != info["model"].rsplit("|", 1)[-1]:
+    if not same_model(encoder.fingerprint, info["model"]):
         raise UserError(f"model mismatch: the index's embeddings were made by {info['model']}, the query model "
                         f"is {encoder.fingerprint}; queries must be embedded by the model that made the index "
                         f"(a retrained checkpoint at the same path is another model: re-embed and rebuild)")
@@ -290,8 +290,10 @@ def _embeddings(store: Storage, shards: list[str], model, pretrained, batch_size
                             f"an index needs one space")
         fingerprint = fingerprints.pop()
         if model is not None:
+            from clipcurate.train.clip_model import same_model
+
             encoder_fp = _fingerprint_of(model, pretrained)
-            if fingerprint and encoder_fp.rsplit("|", 1)[-1] != fingerprint.rsplit("|", 1)[-1]:
+            if fingerprint and not same_model(encoder_fp, fingerprint):
                 raise UserError(f"model mismatch: the shards' {EMBEDDING} was made by {fingerprint}, not {encoder_fp}")
             fingerprint = fingerprint or encoder_fp
         if not fingerprint:

@@ -11,7 +11,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from clipcurate.train.heads import IMAGE_EMB, TEXT_EMB, column_model, embedding_matrix, same_model
+from clipcurate.train.clip_model import column_model, same_model
+from clipcurate.train.heads import IMAGE_EMB, TEXT_EMB, embedding_matrix
 
 
 @dataclass

@@ -60,7 +60,8 @@ import pyarrow.compute as pc
 from pydantic import Field, model_validator
 
 from clipcurate.pipelines.stage import GlobalStage, Resources, StageConfig, ensure_columns, kept_mask, reject_rows, set_column
-from clipcurate.train.clip_model import MODEL_KEY, Encoder, model_config, model_fingerprint, resolve_device
+from clipcurate.train.clip_model import (MODEL_KEY, Encoder, model_config, model_fingerprint, resolve_device,
+                                         same_model)
 
 HISTOGRAM_BINS = 80
 
@@ -320,7 +321,7 @@ class ClipScore(GlobalStage):
             if column not in batch.column_names:
                 return False
             metadata = batch.schema.field(column).metadata or {}
-            if metadata.get(MODEL_KEY) != self.model_id.encode():
+            if not same_model((metadata.get(MODEL_KEY) or b"").decode(), self.model_id):
                 return False
         return batch.column("clip_score").take(pa.array(rows)).null_count == 0
 

@@ -38,7 +38,8 @@ from pydantic import Field
 from clipcurate.filters._embeddings import EmbeddingSource
 from clipcurate.pipelines.stage import (GlobalStage, Resources, StageConfig, ensure_columns, kept_mask, reject_rows,
                                         set_column, unit_hash)
-from clipcurate.train.heads import IMAGE_EMB, column_model, embedding_matrix, same_model
+from clipcurate.train.clip_model import column_model, same_model
+from clipcurate.train.heads import IMAGE_EMB, embedding_matrix
 
 ROWS_PER_CLUSTER = 128  # DataComp: 100,000 clusters for the 12.8M-row pool
 

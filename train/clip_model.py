@@ -162,8 +162,9 @@ def model_config(model: str | Path, pretrained: str | None = None) -> dict:
 
 
 def model_fingerprint(model: str | Path, pretrained: str | None = None) -> str:
-    """What identifies the outputs of a model: its spec and, for local files, a hash of
-    their content (a filter model retrained into the same folder is another model)."""
+    """What identifies the outputs of a model: ``spec|pretrained|digest``, the digest of
+    the content of its local files (a filter model retrained into the same folder is
+    another model, a copied checkpoint the same), else of the spec and tag."""
     directory = checkpoint_dir(model)
     if directory is not None:
         files = [directory / CONFIG_FILE, directory / WEIGHTS_FILE]
@@ -173,9 +174,25 @@ def model_fingerprint(model: str | Path, pretrained: str | None = None) -> str:
         name = str(model)
     if pretrained and Path(pretrained).is_file():
         files.append(Path(pretrained))
-    # content digests shared with the run fingerprints (pipelines/fingerprint.py): one read per file and process
-    digest = fp.digest([name, pretrained, [fp.path_digest(path) for path in files]])
+    # local files: their content alone (a copied checkpoint is the same model); content digests
+    # shared with the run fingerprints (pipelines/fingerprint.py): one read per file and process
+    digest = fp.digest([fp.path_digest(path) for path in files] if files else [name, pretrained])
     return f"{model}|{pretrained}|{digest[:16]}"
+
+
+def same_model(a: str | None, b: str | None) -> bool:
+    """Two model fingerprints name the same model: equal digests (the part after the last
+    ``|``), however the spec was spelled (``local-dir:PATH``, ``PATH``, a copy elsewhere)."""
+    return bool(a) and bool(b) and a.rsplit("|", 1)[-1] == b.rsplit("|", 1)[-1]
+
+
+def column_model(schema, column: str) -> str | None:
+    """The fingerprint of the model that wrote an embedding column (field metadata
+    ``MODEL_KEY``), or None."""
+    if column not in schema.names:
+        return None
+    value = (schema.field(column).metadata or {}).get(MODEL_KEY)
+    return value.decode() if value else None
 
 
 def checkpoint_dir(model: str | Path) -> Path | None:

@@ -29,8 +29,9 @@ import torch
 
 from clipcurate.pipelines.errors import InputError, UserError
 from clipcurate.pipelines.stage import unit_hash
-from clipcurate.train.heads import (IMAGE_EMB, INPUTS, TEXT_EMB, Head, HeadNet, column_model, embedding_matrix,
-                                    mlp_layers, same_model, save_head, spec_of)
+from clipcurate.train.clip_model import column_model, same_model
+from clipcurate.train.heads import (IMAGE_EMB, INPUTS, TEXT_EMB, Head, HeadNet, embedding_matrix, mlp_layers, save_head,
+                                    spec_of)
 
 
 @dataclass

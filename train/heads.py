@@ -246,23 +246,6 @@ def embedding_matrix(values) -> np.ndarray:
     return flat.astype(np.float32, copy=False).reshape(len(values), -1)
 
 
-def column_model(schema, column: str) -> str | None:
-    """The fingerprint of the model that wrote an embedding column (field metadata
-    ``clipcurate.model``, as clip_score writes it), or None."""
-    from clipcurate.train.clip_model import MODEL_KEY
-
-    if column not in schema.names:
-        return None
-    value = (schema.field(column).metadata or {}).get(MODEL_KEY)
-    return value.decode() if value else None
-
-
-def same_model(a: str | None, b: str | None) -> bool:
-    """Two model fingerprints name the same model: equal content digests (the part after
-    the last ``|``), however the spec was spelled (``local-dir:PATH`` or ``PATH``)."""
-    return bool(a) and bool(b) and a.rsplit("|", 1)[-1] == b.rsplit("|", 1)[-1]
-
-
 def spec_of(fingerprint: str) -> tuple[str, str | None]:
     """(model spec, pretrained) from a fingerprint ``spec|pretrained|digest``."""
     spec, pretrained, _ = fingerprint.rsplit("|", 2)

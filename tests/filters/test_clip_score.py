@@ -349,3 +349,19 @@ def test_keep_matched_cuts_where_the_score_mixture_says(checkpoint, ray_local):
     scores = prepared.column("clip_score").to_numpy()
     np.testing.assert_array_equal(rejected, scores < summary["threshold"])
     assert rejected[mismatched].mean() > rejected[~mismatched].mean()  # the cut falls on the mismatches
+
+
+def test_a_copied_checkpoint_is_the_same_model(checkpoint, tmp_path):
+    """The fingerprint's digest is the checkpoint's content: a copy elsewhere reuses
+    scores and embeddings made by the original; retrained weights do not."""
+    import shutil
+
+    from clipcurate.train.clip_model import model_fingerprint, same_model
+
+    copy = shutil.copytree(checkpoint, tmp_path / "copy")
+    assert same_model(model_fingerprint(str(checkpoint)), model_fingerprint(str(copy)))
+    weights = copy / "open_clip_pytorch_model.bin"
+    state = torch.load(weights, weights_only=True)
+    state["logit_scale"] = state["logit_scale"] + 1.0
+    torch.save(state, weights)
+    assert not same_model(model_fingerprint(str(checkpoint)), model_fingerprint(str(tmp_path / "copy")))
