@@ -38,6 +38,7 @@ from clipcurate.curation.ablate import download_pool, load_experiment, run_ablat
 from clipcurate.curation.ablate_report import summary_table  # noqa: E402
 from clipcurate.curation.pools import make_pool  # noqa: E402
 from clipcurate.pipelines import cli  # noqa: E402
+from clipcurate.pipelines.errors import RecipeError  # noqa: E402
 from clipcurate.pipelines.recipe import expand_env, parse_recipe  # noqa: E402
 from clipcurate.pipelines.runner import RunOptions, run_pipeline  # noqa: E402
 from clipcurate.curation.sampleweb import SampleWeb  # noqa: E402
@@ -157,13 +158,21 @@ def shipped_recipes(work: Path, downloaded: Path, filter_model: Path, args) -> d
     if not metadata.exists():
         cli.main(["metadata", "build", "--captions", str(work / "pool.parquet"), "--output", str(metadata),
                   "--min-count", "5", "--no-bigrams"])
+    # TARGET_IMAGES (DataComp image-based): the held-out trusted pairs stand in for a
+    # downstream task's images; the LAION heads need published ViT-L/14 head files: skipped
     os.environ.update(CLIPCURATE_FILTER_MODEL=str(filter_model), CLIP_MODEL=str(filter_model),
                       CLIPCURATE_FILTER_REFERENCE=str(work / "trusted_heldout.parquet"),
+                      TARGET_IMAGES=str(work / "trusted_heldout.parquet"),
                       CLIPCURATE_METADATA=str(metadata), METACLIP_METADATA=str(metadata))
     clean = _clean(downloaded)
     out = {}
     for path in sorted(RECIPE.parent.glob("*.yaml")):
-        raw = expand_env(yaml.safe_load(path.read_text()), str(path))
+        try:
+            raw = expand_env(yaml.safe_load(path.read_text()), str(path))
+        except RecipeError as err:  # an input only its user has (head files)
+            out[path.stem] = {"skipped": str(err)}
+            print(f"[shipped] {path.stem}: skipped ({err})", flush=True)
+            continue
         raw["stages"] = [e for e in raw["stages"] if "download" not in (e if isinstance(e, dict) else {e: 0})]
         recipe, stages = parse_recipe(raw, source=str(path))
         run = work / "shipped" / path.stem
