@@ -147,7 +147,7 @@ def bench_pool(name: str, args, work: Path) -> dict:
         "oracle_gap": round(100 * (oracle["zeroshot_top1"] - base["zeroshot_top1"]), 2),
         "filter_model": heldout, "warnings": base["warnings"], "wall_s": report["wall_s"],
         "shipped_recipes": shipped,
-        "no_silent_loss": all(r["clean_kept"] >= 0.5 or r["warnings"] for r in shipped.values()),
+        "no_silent_loss": all(r["clean_kept"] >= 0.5 or r["warnings"] for r in shipped.values() if "skipped" not in r),
     }
 
 
