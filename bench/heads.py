@@ -31,7 +31,8 @@ import torch  # noqa: E402
 
 from clipcurate.filters.heads import ClipHeads  # noqa: E402
 from clipcurate.filters.image_clusters import ImageClusters  # noqa: E402
-from clipcurate.train.clip_model import MODEL_KEY, model_fingerprint  # noqa: E402
+from clipcurate.train.clip_model import model_fingerprint  # noqa: E402
+from clipcurate.train.embedding_columns import MODEL_KEY  # noqa: E402
 from clipcurate.train.heads import PUBLISHED, HeadNet, load_head  # noqa: E402
 
 MODEL, PRETRAINED, DIM = "ViT-L-14", "openai", 768

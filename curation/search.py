@@ -6,7 +6,7 @@ of the largest duplicate groups" (near-duplicates that survived dedup show up th
 
 ``build_index(RUN)`` reads ``uid`` + ``clip_image_emb`` from ``RUN/shards/`` (the
 ``clip_score`` stage writes the column with ``embeddings: true``; its field metadata
-names the model, ``train.clip_model.MODEL_KEY``), or embeds the images itself with
+names the model, ``train.embedding_columns.MODEL_KEY``), or embeds the images itself with
 ``model`` when the shards carry no embeddings. The index kind depends on the row count:
 
 - up to ``EXACT_MAX`` rows: ``IndexFlatIP``, exact (cosine: the embeddings are
@@ -45,9 +45,9 @@ import pyarrow.parquet as pq
 
 from clipcurate.pipelines.errors import UserError
 from clipcurate.pipelines.storage import Storage
+from clipcurate.train.embedding_columns import MODEL_KEY, embedding_matrix, same_model
 
 EMBEDDING = "clip_image_emb"
-MODEL_KEY = b"clipcurate.model"  # = train.clip_model.MODEL_KEY (not imported: it pulls torch)
 INDEX_DIR = "index"
 EXACT_MAX = 100_000
 HNSW_MAX = 10_000_000
@@ -177,7 +177,7 @@ def query_encoder(info: dict, model: str | None = None, pretrained: str | None =
     """The encoder for queries: the model that made the index's embeddings. ``model``
     names it explicitly (e.g. when the run recorded a relative path); a model whose
     fingerprint differs from the index's is refused."""
-    from clipcurate.train.clip_model import Encoder, same_model
+    from clipcurate.train.clip_model import Encoder
 
     spec, recorded_pretrained = _parse_fingerprint(info["model"])
     if model is None and spec is None:
@@ -290,8 +290,6 @@ def _embeddings(store: Storage, shards: list[str], model, pretrained, batch_size
                             f"an index needs one space")
         fingerprint = fingerprints.pop()
         if model is not None:
-            from clipcurate.train.clip_model import same_model
-
             encoder_fp = _fingerprint_of(model, pretrained)
             if fingerprint and not same_model(encoder_fp, fingerprint):
                 raise UserError(f"model mismatch: the shards' {EMBEDDING} was made by {fingerprint}, not {encoder_fp}")
@@ -338,9 +336,7 @@ def _as_matrix(column) -> tuple[np.ndarray, np.ndarray]:
     """A (fixed-size) list column -> the non-null rows as a float32 matrix, and the mask."""
     column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     keep = ~np.asarray(column.is_null().to_numpy(zero_copy_only=False), dtype=bool)
-    present = column.filter(pa.array(keep))
-    values = present.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
-    return values.reshape(len(present), -1) if len(present) else values.reshape(0, 0), keep
+    return embedding_matrix(column.filter(pa.array(keep))), keep
 
 
 def _fingerprint_of(model, pretrained) -> str:

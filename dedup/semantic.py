@@ -37,6 +37,7 @@ from pydantic import Field
 from clipcurate.dedup import _against, _groups
 from clipcurate.pipelines.release import RELEASE_UID_PREFIX
 from clipcurate.pipelines.stage import StageConfig, unit_hash
+from clipcurate.train.embedding_columns import embedding_matrix
 
 EMBEDDING = "clip_image_emb"
 MAX_POINTS_PER_CENTROID = 256  # faiss's default: more sample points barely move a centroid
@@ -136,14 +137,8 @@ class SemanticDedup(_groups.DedupStage):
 
 
 def embeddings(table: pa.Table, column: str = EMBEDDING) -> np.ndarray:
-    """A fixed_size_list / list embedding column as a float32 (rows, dim) matrix, L2-normalised."""
-    values = table.column(column).combine_chunks()
-    if len(values) == 0:
-        return np.zeros((0, 0), np.float32)
-    flat = values.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
-    matrix = flat.reshape(len(values), -1)
-    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-    return matrix / np.maximum(norms, 1e-12)
+    """An embedding column as a float32 (rows, dim) matrix, L2-normalised."""
+    return embedding_matrix(table.column(column), normalise=True)
 
 
 def greedy_semdedup(points: np.ndarray, threshold: float, chunk: int = 2048, pinned: np.ndarray | None = None

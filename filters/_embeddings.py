@@ -11,8 +11,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from clipcurate.train.clip_model import column_model, same_model
-from clipcurate.train.heads import IMAGE_EMB, TEXT_EMB, embedding_matrix
+from clipcurate.train.embedding_columns import column_model, embedding_matrix, same_model
+from clipcurate.train.heads import IMAGE_EMB, TEXT_EMB
 
 
 @dataclass

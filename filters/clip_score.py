@@ -60,8 +60,8 @@ import pyarrow.compute as pc
 from pydantic import Field, model_validator
 
 from clipcurate.pipelines.stage import GlobalStage, Resources, StageConfig, ensure_columns, kept_mask, reject_rows, set_column
-from clipcurate.train.clip_model import (MODEL_KEY, Encoder, model_config, model_fingerprint, resolve_device,
-                                         same_model)
+from clipcurate.train.clip_model import Encoder, model_config, model_fingerprint, resolve_device
+from clipcurate.train.embedding_columns import MODEL_KEY, same_model
 
 HISTOGRAM_BINS = 80
 

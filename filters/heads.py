@@ -41,7 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from clipcurate.filters._embeddings import EmbeddingSource
 from clipcurate.pipelines import fingerprint as fp
 from clipcurate.pipelines.stage import GlobalStage, Resources, StageConfig, ensure_columns, kept_mask, reject_rows, set_column
-from clipcurate.train.clip_model import same_model
+from clipcurate.train.embedding_columns import same_model
 from clipcurate.train.heads import Head, head_model_fingerprint, load_head
 
 HEAD_KEY = b"clipcurate.head"  # field metadata of a score column: the digest of the head file that made it

