@@ -12,12 +12,16 @@ written in place (a rename there is a copy).
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import hashlib
 import os
 import posixpath
 import re
+import tempfile
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -31,6 +35,16 @@ _CREDENTIALS = re.compile(r"^([a-z0-9+.-]+://)[^/@]*:[^/@]*@", re.IGNORECASE)
 
 def is_uri(location: str) -> bool:
     return "://" in str(location)
+
+
+def cache_dir(location: str, kind: str, cache: str | os.PathLike | None = None) -> Path:
+    """The local folder that stands in for ``location`` (an object-store URI) when a
+    tool needs local files: ``<cache>/<kind>/<hash of location>/<its last name>``, where
+    ``cache`` defaults to ``$CLIPCURATE_CACHE`` or the temp dir. Stable, so a rerun finds
+    what an earlier one copied."""
+    base = Path(cache or os.environ.get("CLIPCURATE_CACHE") or Path(tempfile.gettempdir()) / "clipcurate-cache")
+    name = str(location).rstrip("/").rsplit("/", 1)[-1] or "root"
+    return base / kind / hashlib.sha256(str(location).encode()).hexdigest()[:16] / name
 
 
 @dataclass(frozen=True)
@@ -143,6 +157,75 @@ class Storage:
 
     def read_parquet(self, path: str, columns: list[str] | None = None) -> pa.Table:
         return pq.read_table(path, columns=columns, filesystem=self.fs)
+
+    def read_rows(self, path: str, rows: list[int], columns: list[str]) -> pa.Table:
+        """Rows ``rows`` (indices in the file, in that order) of a parquet file, reading
+        only the row groups that hold them (an image column stays where it is for the
+        rest): what a thumbnail or a search hit costs on object storage."""
+        with self.fs.open_input_file(path) as handle:
+            parquet = pq.ParquetFile(handle)
+            present = [c for c in columns if c in parquet.schema_arrow.names]
+            starts, total = [], 0
+            for g in range(parquet.metadata.num_row_groups):
+                starts.append(total)
+                total += parquet.metadata.row_group(g).num_rows
+            by_group: dict[int, list[int]] = {}
+            for row in rows:
+                if not 0 <= row < total:
+                    raise IndexError(f"{path}: row {row} of {total}")
+                group = bisect.bisect_right(starts, row) - 1
+                by_group.setdefault(group, []).append(row)
+            parts, order = [parquet.schema_arrow.empty_table().select(present)], []
+            for group, members in sorted(by_group.items()):
+                table = parquet.read_row_group(group, columns=present)
+                parts.append(table.take(pa.array([r - starts[group] for r in members], pa.int64())))
+                order += members
+        table = pa.concat_tables(parts)
+        position = {row: i for i, row in enumerate(order)}
+        return table.take(pa.array([position[r] for r in rows], pa.int64()))
+
+    def push(self, local: str | os.PathLike, path: str, *, first: tuple[str, ...] = (),
+             last: tuple[str, ...] = ()) -> int:
+        """Copy the files under the local folder ``local`` to the folder ``path`` (same
+        relative names, replacing what is there): files named in ``first``, the rest, then
+        those named in ``last`` (a reader that checks the last ones sees the rest written).
+        Returns the files copied."""
+        local = Path(local)
+        rank = lambda p: 0 if p.name in first else 2 if p.name in last else 1  # noqa: E731
+        files = sorted((p for p in local.rglob("*") if p.is_file()), key=lambda p: (rank(p), str(p)))
+        for file in files:
+            target = self.path(*file.relative_to(local).parts)
+            with open(file, "rb") as source, self.open_output(target) as out:
+                while chunk := source.read(8 << 20):
+                    out.write(chunk)
+        return len(files)
+
+    def pull(self, path: str, local: str | os.PathLike, *, keep=lambda info: True) -> int:
+        """Copy the files under folder ``path`` (those ``keep(FileInfo)`` accepts) to the
+        local folder ``local``, each written under a temporary name and renamed, with the
+        source's modification time; a file already there with the same size and time is
+        kept (as rsync decides). Returns the files copied."""
+        local = Path(local)
+        copied = 0
+        selector = pafs.FileSelector(path, recursive=True, allow_not_found=True)
+        for info in self.fs.get_file_info(selector):
+            if info.type != pafs.FileType.File or not keep(info):
+                continue
+            target = local.joinpath(*info.path[len(path):].strip("/").split("/"))
+            stamp = info.mtime_ns
+            if target.is_file() and target.stat().st_size == info.size and (
+                    stamp is None or target.stat().st_mtime_ns == stamp):
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial = target.with_name(f"{target.name}.part-{os.getpid()}")
+            with self.fs.open_input_stream(info.path) as handle, open(partial, "wb") as out:
+                while chunk := handle.read(8 << 20):
+                    out.write(chunk)
+            if stamp is not None:
+                os.utime(partial, ns=(stamp, stamp))
+            os.replace(partial, target)
+            copied += 1
+        return copied
 
     def parquet_rows(self, path: str) -> int:
         with self.fs.open_input_file(path) as handle:
