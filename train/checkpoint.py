@@ -3,17 +3,25 @@ open_clip ``local-dir`` model) plus the trainer's resume state beside it, in fil
 open_clip never picks up as weights: ``trainer_state.pt`` (optimizer, grad scaler, RNG)
 and ``train_state.json`` (step, data positions, config). The weights and the state are
 written to temporary names first, then renamed into place together.
+
+An ``--output`` in object storage (``s3://bucket/ckpt``) is trained into a local mirror
+(``staged``): a checkpoint already there is pulled first (to refuse it, or to resume
+it), and every save is pushed back (``publish``): ``trainer_state.pt`` first,
+``train_state.json`` last, so a push cut short leaves the step numbers of the two state
+files disagreeing, which ``load`` refuses, never a mix of two saves that it would resume.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from clipcurate.pipelines.errors import UserError
+from clipcurate.pipelines.storage import Storage, cache_dir, is_uri
 from clipcurate.train.clip_model import save_checkpoint
 
 STATE_JSON = "train_state.json"
@@ -59,3 +67,24 @@ def load(directory: str | Path, map_location="cpu") -> TrainerState:
     positions = {int(k): int(v) for k, v in state.pop("positions").items()}
     return TrainerState(step=int(state.pop("step")), positions=positions, layout=state.pop("layout"),
                         tensors=tensors, info=state)
+
+
+def staged(output: str | Path, rank: int = 0) -> tuple[Path, Storage | None]:
+    """Where this rank writes its checkpoint, and the object store it is published to:
+    ``(output, None)`` for a local ``output``; for a URI, a fresh local mirror of it
+    (one per rank: ranks on one machine do not share it) holding what is there."""
+    if not is_uri(str(output)):
+        return Path(output), None
+    store = Storage.at(str(output))
+    local = cache_dir(store.uri(), f"train-rank{rank}")
+    shutil.rmtree(local, ignore_errors=True)
+    if store.exists(store.path(STATE_JSON)):
+        store.pull(store.root, local)
+    local.mkdir(parents=True, exist_ok=True)
+    return local, store
+
+
+def publish(local: Path, store: Storage | None) -> None:
+    """Push a saved checkpoint (and the log) from the local mirror to the store."""
+    if store is not None:
+        store.push(local, store.root, first=(STATE_TENSORS,), last=(STATE_JSON,))

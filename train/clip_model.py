@@ -54,6 +54,7 @@ from torchvision.transforms import Compose, Normalize, PILToTensor, ToTensor
 
 from clipcurate.pipelines import fingerprint as fp
 from clipcurate.pipelines.errors import UserError
+from clipcurate.pipelines.storage import Storage, cache_dir, is_uri
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 CONFIG_FILE = "open_clip_config.json"
@@ -181,8 +182,19 @@ def model_fingerprint(model: str | Path, pretrained: str | None = None) -> str:
 
 
 def checkpoint_dir(model: str | Path) -> Path | None:
-    """The resolved checkpoint directory ``model`` names, or None when it names none."""
-    path = Path(str(model).removeprefix(LOCAL_DIR))
+    """The resolved checkpoint directory ``model`` names, or None when it names none. A
+    checkpoint in object storage (``s3://bucket/ckpt``, as ``curate train`` publishes
+    it) is pulled into a local cache first (files whose size and time match are kept)."""
+    location = str(model).removeprefix(LOCAL_DIR)
+    if is_uri(location):
+        store = Storage.at(location)
+        if not store.exists(store.path(CONFIG_FILE)):
+            raise UserError(f"model {store.uri()} has no {CONFIG_FILE} (not a checkpoint folder)")
+        local = cache_dir(store.uri(), "models")
+        # config, weights, tokenizer files; not a trainer's resume state (trainer_state.pt, optimizer-sized)
+        store.pull(store.root, local, keep=lambda info: not info.base_name.endswith(".pt"))
+        return local.resolve()
+    path = Path(location)
     if str(model).startswith(LOCAL_DIR) or path.is_dir():
         if not (path / CONFIG_FILE).is_file():
             raise UserError(f"model directory {path} has no {CONFIG_FILE}")

@@ -19,7 +19,8 @@ class TrainConfig(BaseModel):
 
     data: str | list[str] = Field(description="a run directory (reads OUT/shards/*.parquet), a shards directory, "
                                   "a glob or parquet files")
-    output: str = Field(description="checkpoint directory to write (open_clip local-dir format)")
+    output: str = Field(description="checkpoint directory to write (open_clip local-dir format), or an object-store "
+                                    "URL (s3://bucket/ckpt): each save is pushed there")
     model: str = Field("clip-tiny", description="bundled config (clip-tiny, lit-tiny), open_clip name (ViT-B-32), "
                        "JSON config or checkpoint dir")
     pretrained: str | None = Field(None, description="open_clip pretrained tag or weights file (open_clip model "

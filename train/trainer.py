@@ -34,7 +34,7 @@ LOG_FILE = "train_log.jsonl"
 
 @dataclass
 class TrainResult:
-    output: Path
+    output: Path | str  # the checkpoint: a folder, or the object-store URI it was published to
     step: int
     loss: float
     samples_per_s: float
@@ -157,7 +157,8 @@ def torch_threads(threads: int | None):
 def _fit_worker(config: TrainConfig, *, rank: int, world_size: int, device: torch.device | None,
                 wrap, gather) -> TrainResult:
     started = time.perf_counter()
-    output = Path(config.output)
+    output, remote = checkpoint.staged(config.output, rank)
+    shown = remote.uri() if remote is not None else output
     device = device or resolve_device(config.device)
     precision = config.precision
     if precision == "auto":
@@ -165,7 +166,7 @@ def _fit_worker(config: TrainConfig, *, rank: int, world_size: int, device: torc
     files = shard_files(config.data)
     resume = checkpoint.exists(output) if config.resume else False
     if output.exists() and checkpoint.exists(output) and not config.resume:
-        raise UserError(f"{output} already holds a training checkpoint: pass --resume or a new --output")
+        raise UserError(f"{shown} already holds a training checkpoint: pass --resume or a new --output")
     torch.manual_seed(config.seed)
 
     bundle = create(output if resume else config.model, loss=config.loss, pretrained=config.pretrained,
@@ -218,6 +219,9 @@ def _fit_worker(config: TrainConfig, *, rank: int, world_size: int, device: torc
             checkpoint.save(output, model=model, config=bundle.config, tokenizer=bundle.tokenizer,
                             optimizer=optimizer, step=step, positions=every, layout=layout,
                             scaler=train_step.scaler, info=info)
+            if log is not None:
+                log.flush()
+            checkpoint.publish(output, remote)
 
     _set_train_mode(model, config.lock_text)
     last_loss, window_start, window_steps = float("nan"), time.perf_counter(), 0
@@ -253,7 +257,7 @@ def _fit_worker(config: TrainConfig, *, rank: int, world_size: int, device: torc
     save(final=True)
     if log is not None:
         log.close()
-    return TrainResult(output=output, step=step, loss=last_loss,
+    return TrainResult(output=shown, step=step, loss=last_loss,
                        samples_per_s=samples_total / train_time if train_time else 0.0,
                        wall_s=time.perf_counter() - started)
 

@@ -78,10 +78,11 @@ def _view(out: Path, report: Path, key: str, samples: int, per_reason: int) -> R
     stats = compute_stats(out)
     plots = make_plots(stats, report / ASSETS, prefix=f"{key}_")
     cards = sample_cards(run, report, subdir=f"{ASSETS}/thumbs-{key}", count=samples, per_reason=per_reason)
+    from clipcurate.curation.audit.remote import source_of
     from clipcurate.curation.search import audit_neighbours
 
     return RunView(name=_run_name(out), stats=stats, plots=plots, cards=cards, manifest=run.manifest,
-                   neighbours=audit_neighbours(out))
+                   neighbours=audit_neighbours(source_of(out) or out))
 
 
 def _run_name(out: Path) -> str:

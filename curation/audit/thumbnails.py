@@ -7,7 +7,8 @@ for each rejection reason. Rejected rows have no image bytes (the runner drops t
 so they are shown as caption cards; a duplicate's card shows the kept row it
 duplicates when that row is in the shards. Image bytes are fetched with a polars scan
 filtered on the sampled uids (prefiltered: the ``image`` column is decoded only for
-matching rows, and only in the files that hold them).
+matching rows, and only in the files that hold them); for a mirror of a run in object
+storage (``audit.remote``), from the run in the store, by row.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import polars as pl
+import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
 
+from clipcurate.curation.audit.remote import read_images, source_of
 from clipcurate.curation.audit.stats import Run
 
 THUMB_PX = 176
@@ -96,8 +99,13 @@ def _card(row: dict, *, kept: bool) -> Card:
 
 
 def _fetch_images(run: Run, uids: set[str]) -> dict[str, bytes | None]:
-    """``uid -> image bytes`` for the given uids among kept rows (the only image reads)."""
-    if not uids or not run.shards or "image" not in run.kept_schema:
+    """``uid -> image bytes`` for the given uids among kept rows (the only image reads);
+    for a mirror of a run in object storage, from the run in the store."""
+    if not uids or not run.shards:
+        return {}
+    if source_of(run.out) is not None:
+        return read_images(run.out, _rows_of(run, uids))
+    if "image" not in run.kept_schema:
         return {}
     where = pl.scan_parquet(run.shards, include_file_paths="__file", schema=run.kept_schema,
                             missing_columns="insert", extra_columns="ignore")
@@ -109,6 +117,21 @@ def _fetch_images(run: Run, uids: set[str]) -> dict[str, bytes | None]:
                              missing_columns="insert", extra_columns="ignore")
              .filter(pl.col("uid").is_in(list(uids))).select("uid", "image").collect())
     return dict(zip(frame["uid"].to_list(), frame["image"].to_list()))
+
+
+def _rows_of(run: Run, uids: set[str]) -> dict[str, list[int]]:
+    """``{shard file name: indices of the rows holding uids}`` (for reads by row)."""
+    starts, total = {}, 0
+    for path in run.shards:
+        starts[str(path)] = total
+        total += pq.ParquetFile(path).metadata.num_rows
+    found = (pl.scan_parquet(run.shards, row_index_name="__row", include_file_paths="__file",
+                             schema=run.kept_schema, missing_columns="insert", extra_columns="ignore")
+             .filter(pl.col("uid").is_in(list(uids))).select("__file", "__row").collect())
+    rows: dict[str, list[int]] = {}
+    for file, row in found.iter_rows():
+        rows.setdefault(Path(file).name, []).append(row - starts[file])
+    return rows
 
 
 def _thumbnail(data: bytes | None, path: Path) -> Path | str:

@@ -172,18 +172,65 @@ def test_export_audit_and_train_on_a_run_in_the_bucket(s3, tmp_path, capsys):
     array = np.load(io.BytesIO(_objects(f"{s3}/subsets")["kept.npy"]))
     assert datacomp_to_uids(array) == sorted(make_uid(u, c) for u, c in zip(urls, captions))
 
-    assert main(["audit", run, "--cache", str(tmp_path / "cache")]) == 0
+    cache = tmp_path / "cache"
+    assert main(["audit", run, "--cache", str(cache)]) == 0
     assert "report uploaded: s3://runs/image-run/report/index.html" in capsys.readouterr().out
-    assert b"Funnel" in _objects(f"{run}/report")["index.html"]
+    report = _objects(f"{run}/report")
+    assert b"Funnel" in report["index.html"]
+    # the statistics read a local mirror without image bytes; the thumbnails come from the bucket
+    mirrored = list(cache.rglob("shards/*.parquet"))
+    assert mirrored and all("image" not in pq.read_schema(p).names for p in mirrored)
+    thumbs = [name for name in report if name.endswith(".jpg")]
+    assert len(thumbs) >= 24
+    assert all(data[:3] == b"\xff\xd8\xff" for name, data in report.items() if name in thumbs)
 
     config = tmp_path / "micro.json"
-    config.write_text(json.dumps({"embed_dim": 16, "vision_cfg": {"image_size": 16, "patch_size": 8, "width": 16,
-                                  "layers": 1, "head_width": 8, "mlp_ratio": 2.0},
-                                  "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 16, "heads": 2,
-                                               "layers": 1, "mlp_ratio": 2.0}}))
+    config.write_text(json.dumps(MICRO))
     assert main(["train", "--data", run, "--model", str(config), "--steps", "2", "--batch-size", "16",
                  "--output", str(tmp_path / "ckpt"), "--quiet"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["step"] == 2
+
+
+MICRO = {"embed_dim": 16, "vision_cfg": {"image_size": 16, "patch_size": 8, "width": 16, "layers": 1, "head_width": 8,
+                                         "mlp_ratio": 2.0},
+         "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1,
+                      "mlp_ratio": 2.0}}
+
+
+def test_train_publishes_checkpoints_to_the_bucket_and_resumes_from_it(s3, tmp_path, monkeypatch):
+    """``--output s3://...``: each save lands in the bucket (state file last); a second run
+    without ``--resume`` is refused, with it continues from the bucket's step; the
+    checkpoint then loads straight from its URL (``curate eval --model s3://...``)."""
+    from clipcurate.pipelines.errors import UserError
+    from clipcurate.train import datasets
+    from clipcurate.train.api import train
+    from clipcurate.train.clip_model import load_clip, model_fingerprint
+
+    monkeypatch.setenv("CLIPCURATE_CACHE", str(tmp_path / "cache"))
+    images, _, captions = datasets.shapes(64, seed=3)
+    pq.write_table(pa.table({"image": pa.array([datasets.encode_png(i) for i in images], pa.binary()),
+                             "caption": captions}), tmp_path / "shard.parquet")
+    config = tmp_path / "micro.json"
+    config.write_text(json.dumps(MICRO))
+    output = f"{s3}/ckpt"
+    options = {"batch_size": 16, "save_every": 2, "quiet": True, "seed": 1, "threads": 1}
+    first = train(str(tmp_path / "shard.parquet"), str(config), output=output, steps=6, stop_after=4, **options)
+    assert first.output == output and first.step == 4
+    stored = _objects(output)
+    assert {"open_clip_config.json", "open_clip_pytorch_model.bin", "train_state.json", "trainer_state.pt",
+            "train_log.jsonl"} <= set(stored)
+    assert json.loads(stored["train_state.json"])["step"] == 4
+    with pytest.raises(UserError, match="already holds a training checkpoint"):
+        train(str(tmp_path / "shard.parquet"), str(config), output=output, steps=6, **options)
+
+    resumed = train(str(tmp_path / "shard.parquet"), str(config), output=output, steps=6, resume=True, **options)
+    assert resumed.step == 6 and json.loads(_objects(output)["train_state.json"])["step"] == 6
+    straight = train(str(tmp_path / "shard.parquet"), str(config), output=str(tmp_path / "local"), steps=6, **options)
+    assert straight.loss == pytest.approx(resumed.loss, rel=1e-5)  # resuming from the bucket lost nothing
+
+    clip = load_clip(output)
+    assert sum(p.numel() for p in clip.model.parameters()) > 0
+    assert model_fingerprint(output).split("|")[2] == model_fingerprint(str(tmp_path / "local")).split("|")[2]
 
 
 def test_credentials_in_a_url_are_refused(s3):
