@@ -25,7 +25,10 @@ shards; never recomputed here, that needs the clip_score stage's model) join the
 clustering, and inside a cluster a release point is always kept: a new point within
 1 - eps of one is ``duplicate_of_release`` it, the rest walk as above. Only new points
 are compared (new x cluster, not cluster x cluster), and clusters without a new point
-are skipped. The embeddings must come from the model the new run scores with.
+are skipped. The embeddings must come from the model the new run scores with: where
+both sides name their model (the field metadata ``clip_score`` writes), a release whose
+embeddings another model made is refused (distances across two models' spaces mean
+nothing).
 """
 
 from __future__ import annotations
@@ -35,9 +38,10 @@ import pyarrow as pa
 from pydantic import Field
 
 from clipcurate.dedup import _against, _groups
+from clipcurate.pipelines.errors import UserError
 from clipcurate.pipelines.release import RELEASE_UID_PREFIX
 from clipcurate.pipelines.stage import StageConfig, unit_hash
-from clipcurate.train.embedding_columns import embedding_matrix
+from clipcurate.train.embedding_columns import column_model, embedding_matrix, same_model
 
 EMBEDDING = "clip_image_emb"
 MAX_POINTS_PER_CENTROID = 256  # faiss's default: more sample points barely move a centroid
@@ -74,6 +78,8 @@ class SemanticDedup(_groups.DedupStage):
 
     def fit(self, ds) -> None:
         cfg = self.config
+        if _against.releases_of(self):
+            _check_release_models(self, ds)
         ds = ds.select_columns([EMBEDDING, *_groups.rank_columns(ds.columns())])
         valid = lambda t: t.filter(t.column(EMBEDDING).is_valid())  # noqa: E731
         ds = ds.map_batches(valid, batch_format="pyarrow")
@@ -134,6 +140,21 @@ class SemanticDedup(_groups.DedupStage):
 
     def summary(self) -> dict:
         return {"clusters": self._clusters, "eps": self.config.eps, **super().summary()}
+
+
+def _check_release_models(stage: SemanticDedup, ds) -> None:
+    """Refuse a release whose embeddings another model made than the pool's (each side's
+    model is the field metadata of its column: the pool's from its first block, read
+    before ``select_columns``, which drops field metadata)."""
+    first = next(iter(ds.limit(1).iter_batches(batch_format="pyarrow")), None)
+    ours = column_model(first.schema, EMBEDDING) if first is not None else None
+    for release in _against.releases_of(stage):
+        theirs = column_model(release.shard_schema(), EMBEDDING) if release.shard_paths() else None
+        if ours and theirs and not same_model(ours, theirs):
+            raise UserError(f"{stage.label}: release {release.location} holds {EMBEDDING} from another model "
+                            f"({theirs.split('|')[0]}) than this run's ({ours.split('|')[0]}); cosine distances "
+                            f"across two models mean nothing: score this run with the release's model, or leave "
+                            f"dedup_semantic out of the --against run")
 
 
 def embeddings(table: pa.Table, column: str = EMBEDDING) -> np.ndarray:

@@ -70,13 +70,18 @@ class Release:
 
     def shard_columns(self) -> list[str]:
         """Column names of the release's shards (from the first shard's schema)."""
+        schema = self.shard_schema()
+        return schema.names if schema is not None else []
+
+    def shard_schema(self):
+        """The first shard's arrow schema (field metadata included), or None without shards."""
         paths = self.shard_paths()
         if not paths:
-            return []
+            return None
         import pyarrow.parquet as pq
 
         with self.store.fs.open_input_file(paths[0]) as handle:
-            return pq.ParquetFile(handle).schema_arrow.names
+            return pq.ParquetFile(handle).schema_arrow
 
     def stats_path(self, key: str) -> str | None:
         """Full path of a stats table the release's manifest lists (``metaclip.entry_counts``)."""

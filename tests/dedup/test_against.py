@@ -135,6 +135,31 @@ def test_semantic_refuses_a_release_without_embeddings(run_global, make_pool, re
         run_global(stage, pool)
 
 
+def test_semantic_refuses_a_release_embedded_by_another_model(run_global, make_pool, release_context):
+    """Both columns name their model (field metadata, as clip_score writes it): another
+    model's release is refused; the same model under another spelling is matched."""
+    from clipcurate.pipelines.errors import UserError
+    from clipcurate.train.embedding_columns import MODEL_KEY
+
+    def named(table: pa.Table, model: str) -> pa.Table:
+        at = table.schema.get_field_index("clip_image_emb")
+        field = table.schema.field(at).with_metadata({MODEL_KEY: model.encode()})
+        return table.set_column(at, field, table.column(at))
+
+    emb = pa.FixedSizeListArray.from_arrays(pa.array(np.eye(2, 8, dtype=np.float16).reshape(-1)), 8)
+    pool = named(make_pool(["n0", "n1"], embeddings=np.eye(2, 8)), "ViT-B-32|openai|aaaa")
+    stage = SemanticDedup(num_clusters=1)
+    stage.context = release_context(named(release_table(["r0", "r1"], clip_image_emb=emb), "ViT-L-14|openai|bbbb"))
+    with pytest.raises(UserError, match="another model"):
+        run_global(stage, pool)
+    stage = SemanticDedup(num_clusters=1)
+    stage.context = release_context(named(release_table(["r0", "r1"], clip_image_emb=emb), "local-dir:/x|None|aaaa"),
+                                    name="same")
+    out = run_global(stage, pool)
+    assert out.column("reject").to_pylist() == ["dedup_semantic:duplicate_of_release=r0",
+                                                "dedup_semantic:duplicate_of_release=r1"]
+
+
 def test_release_uids_never_leak_into_the_lookup(run_global, images, make_pool, release_context):
     # two identical release rows (the release was not deduped): grouped, yet only new rows are duplicates
     context = release_context(release_table(["r0", "r0b"], [images.png(5), images.png(5)]))
