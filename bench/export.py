@@ -24,6 +24,8 @@ urls, sizes, a CLIP score and a 512-d float16 ``clip_image_emb`` as a run with
 ``ceiling_*`` ratios are read rows/s over the raw-write and header-only rows/s, i.e. the
 best ratio an export could reach if it cost only that. Each side is the best of
 ``--repeats``, the sides interleaved (a shared machine: noise hits all of them).
+``growth_exponent``: the inline export at n/4, n/2 and n rows, log2 of the last two
+times' ratio (1: linear).
 
     .venv/bin/python bench/export.py --rows 40000
 """
@@ -34,6 +36,8 @@ import argparse
 import hashlib
 import io
 import json
+import math
+import os
 import shutil
 import tarfile
 import tempfile
@@ -55,7 +59,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=40_000)
     parser.add_argument("--image-kb", type=float, default=20.0, help="mean JPEG size")
     parser.add_argument("--shard-rows", type=int, default=10_000, help="rows per parquet shard and per tar")
-    parser.add_argument("--cpus", type=int, default=2)
+    parser.add_argument("--cpus", type=int, default=os.cpu_count() or 2, help="Ray CPUs (default: all)")
     parser.add_argument("--repeats", type=int, default=3, help="best of N for each side")
     args = parser.parse_args()
 
@@ -95,6 +99,7 @@ def main() -> None:
                 shard_rows=args.shard_rows, progress=False))))
             shutil.rmtree(root / f"ray{i}")
         best = {k: min(v) for k, v in times.items()}
+        growth = export_growth(root, args)
         tar_mb = tar_bytes / 1e6
         read_s = best["read"]
         result = {
@@ -108,15 +113,39 @@ def main() -> None:
             "ceiling_raw_write": round(read_s / best["write"], 3), "ceiling_tar_headers": round(read_s / best["headers"], 3),
             "ratio_ray": round(read_s / best["ray"], 3), "ratio": round(read_s / best["inline"], 3),
         }
+        result["growth_rows_per_s"] = {str(n): round(n / t) for n, t in growth.items()}
+        sizes = sorted(growth)
+        result["growth_exponent"] = round(math.log2(growth[sizes[-1]] / growth[sizes[-2]]), 3)
         result["meets_0_5"] = result["ratio"] >= 0.5
         print(f"read parquet ({len(columns)} columns): {read_s:.2f} s, export inline: {best['inline']:.2f} s, "
               f"export on Ray ({args.cpus} CPUs): {best['ray']:.2f} s for {args.rows:,} rows ({megabytes:.0f} MB "
               f"parquet, {tar_mb:.0f} MB tars)")
         print(f"raw write of the tar bytes (sha256 + write): {best['write']:.2f} s; tarfile headers alone "
               f"({3 * args.rows:,} TarInfo.tobuf): {best['headers']:.2f} s")
+        print("inline export at n, 2n, 4n rows: " + ", ".join(f"{n:,} rows {t:.2f} s" for n, t in growth.items())
+              + f" (exponent {result['growth_exponent']}: 1 is linear)")
         print(json.dumps(result))
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def export_growth(root: Path, args) -> dict[int, float]:
+    """Inline export seconds (best of 2) at n = rows / 4, 2n and 4n rows: linear cost
+    means the 4n time is twice the 2n time (a tar's rows never meet each other)."""
+    times = {}
+    for n in (args.rows // 4, args.rows // 2, args.rows):
+        run = root / f"growth{n}"
+        make_shards(run, n, args.image_kb, args.shard_rows)
+        read_all(sorted((run / "shards").glob("*.parquet")), ["image"])  # into the page cache
+        best = math.inf
+        for i in range(2):
+            target = root / f"growth{n}-{i}"
+            best = min(best, timed(lambda t=target, r=run: export_run(str(r), str(t), ExportOptions(
+                shard_rows=args.shard_rows, inline=True, progress=False))))
+            shutil.rmtree(target)
+        shutil.rmtree(run)
+        times[n] = best
+    return times
 
 
 def make_shards(run: Path, rows: int, image_kb: float, shard_rows: int) -> float:
