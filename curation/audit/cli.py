@@ -27,7 +27,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--per-reason", type=int, default=6, metavar="N",
                         help="rejected rows to show per rejection reason (default: 6)")
     parser.add_argument("--cache", metavar="DIR",
-                        help="for s3:// runs: where the local copy goes (default: $CLIPCURATE_CACHE or the temp dir)")
+                        help="for s3:// runs: where the local mirror (no image bytes) goes "
+                             "(default: $CLIPCURATE_CACHE or the temp dir)")
     parser.add_argument("--strict", action="store_true",
                         help="exit with status 1 when the manifest and the parquet files disagree")
 
