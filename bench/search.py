@@ -12,7 +12,8 @@ Recall@10 is against the exact top 10 of the same queries; ``ratio`` = ours quer
 over numpy's (both over the same query batch, same threads). ``build_cpu_s`` is the
 process CPU time of the build (all threads): on a shared machine it moves less than the
 wall time. ``--hnsw-m``, ``--ef-construction`` and ``--ef-search`` override the
-defaults, for a sweep.
+defaults, for a sweep. ``growth_exponent``: the build over the first n/4, n/2 and n rows,
+log2 of the last two times' ratio (1: linear).
 
     .venv/bin/python bench/search.py --rows 200000
 """
@@ -81,10 +82,29 @@ def main() -> None:
         "faiss_flat_recall_at_10": round(flat_recall, 4),
         "ratio": round(numpy_s / ours_s, 2), "meets_recall_0_95": recall >= 0.95,
     }
+    growth = build_growth(kind, vectors)
+    sizes = sorted(growth)
+    result["growth_build_s"] = {str(n): round(t, 2) for n, t in growth.items()}
+    result["growth_exponent"] = round(float(np.log2(growth[sizes[-1]] / growth[sizes[-2]])), 3)
     print(f"{kind} index over {args.rows:,} x {args.dim}: built in {build_s:.1f} s, {result['ours_qps']:,} queries/s "
           f"(numpy brute force {result['numpy_qps']:,}/s, faiss flat {result['faiss_flat_qps']:,}/s), "
           f"recall@10 {recall:.4f}")
+    print("build at n, 2n, 4n rows: " + ", ".join(f"{n:,} rows {t:.2f} s" for n, t in growth.items())
+          + f" (exponent {result['growth_exponent']}: 1 is linear; HNSW inserts cost log n each)")
     print(json.dumps(result))
+
+
+def build_growth(kind: str, vectors: np.ndarray) -> dict[int, float]:
+    """Build seconds of the same kind of index over the first n/4, n/2 and n rows (the
+    n build timed again, so the three share the machine's state)."""
+    from clipcurate.curation.search import make_index
+
+    times = {}
+    for n in (len(vectors) // 4, len(vectors) // 2, len(vectors)):
+        start = time.perf_counter()
+        make_index(kind, vectors[:n])
+        times[n] = time.perf_counter() - start
+    return times
 
 
 def clip_like(rows: int, queries: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
