@@ -15,7 +15,6 @@ import posixpath
 from pathlib import Path
 
 from clipcurate.pipelines.storage import Storage, is_uri
-
 from clipcurate.train.checkpoint import STATE_JSON
 from clipcurate.train.options import TrainConfig
 from clipcurate.train.trainer import TrainResult, fit_worker

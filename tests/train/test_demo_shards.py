@@ -25,6 +25,6 @@ def test_tiny_clip_on_demo_shards_beats_twice_chance(tmp_path):
     assert manifest["totals"]["kept"] > 350
     pq.write_table(labeled_set(per_class=30), tmp_path / "labeled.parquet")
 
-    train(tmp_path / "run", model="clip-tiny", steps=300, batch_size=64, output=tmp_path / "model", quiet=True)
+    train(tmp_path / "run", model="clip-tiny", steps=200, batch_size=64, output=tmp_path / "model", quiet=True)
     scores = evaluate(tmp_path / "model", tmp_path / "labeled.parquet")
     assert scores["zeroshot_top1"] >= 2 / len(SHAPES), scores
