@@ -149,7 +149,8 @@ def _check_release_models(stage: SemanticDedup, ds) -> None:
     first = next(iter(ds.limit(1).iter_batches(batch_format="pyarrow")), None)
     ours = column_model(first.schema, EMBEDDING) if first is not None else None
     for release in _against.releases_of(stage):
-        theirs = column_model(release.shard_schema(), EMBEDDING) if release.shard_paths() else None
+        schema = release.shard_schema()
+        theirs = column_model(schema, EMBEDDING) if schema is not None else None
         if ours and theirs and not same_model(ours, theirs):
             raise UserError(f"{stage.label}: release {release.location} holds {EMBEDDING} from another model "
                             f"({theirs.split('|')[0]}) than this run's ({ours.split('|')[0]}); cosine distances "
