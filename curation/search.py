@@ -76,17 +76,13 @@ class SearchIndex:
         ids = [int(i) for i in ids if i >= 0]
         picked = self.rows.take(pa.array(ids, pa.int64())).to_pylist() if ids else []
         shards = self.store.child("shards")
-        out: dict[int, dict] = {}
-        wanted: dict[tuple[str, int], list[tuple[int, int]]] = {}
+        by_file: dict[str, list[tuple[int, dict]]] = {}
         for i, where in zip(ids, picked):
-            wanted.setdefault((where["file"], where["group"]), []).append((i, where["row"]))
-        for (file, group), items in wanted.items():
-            with shards.fs.open_input_file(shards.path(file)) as handle:
-                parquet = pq.ParquetFile(handle)
-                present = [c for c in columns if c in parquet.schema_arrow.names]
-                table = parquet.read_row_group(group, columns=present)
-            taken = table.take(pa.array([r for _, r in items])).to_pylist()
-            for (i, _), row in zip(items, taken):
+            by_file.setdefault(where["file"], []).append((i, where))
+        out: dict[int, dict] = {}
+        for file, items in by_file.items():
+            table = shards.read_group_rows(shards.path(file), [(w["group"], w["row"]) for _, w in items], columns)
+            for (i, _), row in zip(items, table.to_pylist()):
                 out[i] = row
         return [out[i] for i in ids]
 

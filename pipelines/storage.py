@@ -161,28 +161,37 @@ class Storage:
     def read_rows(self, path: str, rows: list[int], columns: list[str]) -> pa.Table:
         """Rows ``rows`` (indices in the file, in that order) of a parquet file, reading
         only the row groups that hold them (an image column stays where it is for the
-        rest): what a thumbnail or a search hit costs on object storage."""
+        rest): what a thumbnail costs on object storage."""
+        with self.fs.open_input_file(path) as handle:
+            meta = pq.ParquetFile(handle).metadata
+        starts = [0]
+        for g in range(meta.num_row_groups):
+            starts.append(starts[-1] + meta.row_group(g).num_rows)
+        picks = []
+        for row in rows:
+            if not 0 <= row < starts[-1]:
+                raise IndexError(f"{path}: row {row} of {starts[-1]}")
+            group = bisect.bisect_right(starts, row) - 1
+            picks.append((group, row - starts[group]))
+        return self.read_group_rows(path, picks, columns)
+
+    def read_group_rows(self, path: str, picks: list[tuple[int, int]], columns: list[str]) -> pa.Table:
+        """Rows given as ``(row group, row in it)`` pairs, in that order, reading each
+        of those row groups once and no other (the columns the file lacks are left out)."""
+        by_group: dict[int, list[int]] = {}
+        for group, row in picks:
+            by_group.setdefault(group, []).append(row)
         with self.fs.open_input_file(path) as handle:
             parquet = pq.ParquetFile(handle)
             present = [c for c in columns if c in parquet.schema_arrow.names]
-            starts, total = [], 0
-            for g in range(parquet.metadata.num_row_groups):
-                starts.append(total)
-                total += parquet.metadata.row_group(g).num_rows
-            by_group: dict[int, list[int]] = {}
-            for row in rows:
-                if not 0 <= row < total:
-                    raise IndexError(f"{path}: row {row} of {total}")
-                group = bisect.bisect_right(starts, row) - 1
-                by_group.setdefault(group, []).append(row)
             parts, order = [parquet.schema_arrow.empty_table().select(present)], []
             for group, members in sorted(by_group.items()):
                 table = parquet.read_row_group(group, columns=present)
-                parts.append(table.take(pa.array([r - starts[group] for r in members], pa.int64())))
-                order += members
+                parts.append(table.take(pa.array(members, pa.int64())))
+                order += [(group, row) for row in members]
         table = pa.concat_tables(parts)
-        position = {row: i for i, row in enumerate(order)}
-        return table.take(pa.array([position[r] for r in rows], pa.int64()))
+        position = {pick: i for i, pick in enumerate(order)}
+        return table.take(pa.array([position[pick] for pick in picks], pa.int64()))
 
     def push(self, local: str | os.PathLike, path: str, *, first: tuple[str, ...] = (),
              last: tuple[str, ...] = ()) -> int:

@@ -5,8 +5,8 @@ and ``train_state.json`` (step, data positions, config). The weights and the sta
 written to temporary names first, then renamed into place together.
 
 An ``--output`` in object storage (``s3://bucket/ckpt``) is trained into a local mirror
-(``staged``): a checkpoint already there is pulled first (to refuse it, or to resume
-it), and every save is pushed back (``publish``): ``trainer_state.pt`` first,
+(``staged``): a checkpoint already there is refused, or pulled first to resume it,
+and every save is pushed back (``publish``): ``trainer_state.pt`` first,
 ``train_state.json`` last, so a push cut short leaves the step numbers of the two state
 files disagreeing, which ``load`` refuses, never a mix of two saves that it would resume.
 """
@@ -69,19 +69,26 @@ def load(directory: str | Path, map_location="cpu") -> TrainerState:
                         tensors=tensors, info=state)
 
 
-def staged(output: str | Path, rank: int = 0) -> tuple[Path, Storage | None]:
+def staged(output: str | Path, rank: int = 0, *, resume: bool = False) -> tuple[Path, Storage | None]:
     """Where this rank writes its checkpoint, and the object store it is published to:
-    ``(output, None)`` for a local ``output``; for a URI, a fresh local mirror of it
-    (one per rank: ranks on one machine do not share it) holding what is there."""
+    ``(output, None)`` for a local ``output``; for a URI, a fresh local mirror of it (one
+    per rank: ranks on one machine do not share it), holding the stored checkpoint when
+    resuming. A stored checkpoint without ``resume`` is refused before anything is copied."""
     if not is_uri(str(output)):
         return Path(output), None
     store = Storage.at(str(output))
     local = cache_dir(store.uri(), f"train-rank{rank}")
     shutil.rmtree(local, ignore_errors=True)
     if store.exists(store.path(STATE_JSON)):
+        if not resume:
+            raise UserError(already_holds(store.uri()))
         store.pull(store.root, local)
     local.mkdir(parents=True, exist_ok=True)
     return local, store
+
+
+def already_holds(where) -> str:
+    return f"{where} already holds a training checkpoint: pass --resume or a new --output"
 
 
 def publish(local: Path, store: Storage | None) -> None:

@@ -157,7 +157,7 @@ def torch_threads(threads: int | None):
 def _fit_worker(config: TrainConfig, *, rank: int, world_size: int, device: torch.device | None,
                 wrap, gather) -> TrainResult:
     started = time.perf_counter()
-    output, remote = checkpoint.staged(config.output, rank)
+    output, remote = checkpoint.staged(config.output, rank, resume=config.resume)
     shown = remote.uri() if remote is not None else output
     device = device or resolve_device(config.device)
     precision = config.precision
@@ -166,7 +166,7 @@ def _fit_worker(config: TrainConfig, *, rank: int, world_size: int, device: torc
     files = shard_files(config.data)
     resume = checkpoint.exists(output) if config.resume else False
     if output.exists() and checkpoint.exists(output) and not config.resume:
-        raise UserError(f"{shown} already holds a training checkpoint: pass --resume or a new --output")
+        raise UserError(checkpoint.already_holds(output))
     torch.manual_seed(config.seed)
 
     bundle = create(output if resume else config.model, loss=config.loss, pretrained=config.pretrained,
