@@ -44,8 +44,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from clipcurate.pipelines.errors import UserError
+from clipcurate.pipelines.limits import load_faiss_index
 from clipcurate.pipelines.storage import Storage
-from clipcurate.train.embedding_columns import MODEL_KEY, embedding_matrix, same_model
+from clipcurate.train.embedding_columns import MODEL_KEY, column_model, embedding_matrix, same_model
 
 EMBEDDING = "clip_image_emb"
 INDEX_DIR = "index"
@@ -99,7 +100,7 @@ def build_index(run: str | Storage, *, kind: str = "auto", model: str | None = N
     described = [[posixpath.basename(p), store.size(p)] for p in shards]
     folder = store.child(INDEX_DIR)
     if folder.exists(folder.path("index.json")) and not force:
-        info = json.loads(folder.read_bytes(folder.path("index.json")))
+        info = folder.read_json(folder.path("index.json"))
         if info.get("shards") == described and kind in ("auto", info["kind"]):
             log(f"index: up to date ({info['rows']:,} rows, {info['kind']}); --force rebuilds it")
             return info
@@ -153,20 +154,26 @@ def make_index(kind: str, vectors: np.ndarray):
 
 
 def open_index(run: str | Storage) -> SearchIndex:
-    import faiss
-
     store = run if isinstance(run, Storage) else Storage.at(run)
     folder = store.child(INDEX_DIR)
     if not folder.exists(folder.path("index.json")):
         raise UserError(f"{store.uri()}: no index; build it with: curate index {store.uri()}")
-    info = json.loads(folder.read_bytes(folder.path("index.json")))
+    info = folder.read_json(folder.path("index.json"))
     described = [[posixpath.basename(p), store.size(p)] for p in _shards(store)]
     if described != info["shards"]:
         raise UserError(f"{store.uri()}: the shards changed since the index was built; rebuild it: "
                         f"curate index {store.uri()} --force")
-    index = faiss.deserialize_index(np.frombuffer(folder.read_bytes(folder.path("image.faiss")), np.uint8))
+    made_by = {_shard_model(store, path) for path in _shards(store)} - {None}
+    if made_by and not all(same_model(m, info.get("model")) for m in made_by):
+        raise UserError(f"{store.uri()}: index.json names the model {info.get('model')}, the shards' {EMBEDDING} "
+                        f"was made by {', '.join(sorted(made_by))}; rebuild it: curate index {store.uri()} --force")
+    index = load_faiss_index(folder.read_bytes(folder.path("image.faiss")), folder.uri(folder.path("image.faiss")))
+    rows = folder.read_parquet(folder.path("rows.parquet"))
+    if index.ntotal != rows.num_rows or index.ntotal != info.get("rows"):
+        raise UserError(f"{folder.uri()}: image.faiss holds {index.ntotal:,} vectors, rows.parquet {rows.num_rows:,} "
+                        f"rows, index.json says {info.get('rows')}; rebuild it: curate index {store.uri()} --force")
     _set_search_params(index, info)
-    return SearchIndex(store, info, index, folder.read_parquet(folder.path("rows.parquet")))
+    return SearchIndex(store, info, index, rows)
 
 
 def query_encoder(info: dict, model: str | None = None, pretrained: str | None = None, device: str = "auto"):
@@ -180,15 +187,18 @@ def query_encoder(info: dict, model: str | None = None, pretrained: str | None =
         raise UserError("the index does not record which model made its embeddings; pass --model")
     chosen = model if model is not None else spec
     chosen_pretrained = pretrained if model is not None else recorded_pretrained
+    try:  # the fingerprint digests the model's files without loading them: a mismatch loads nothing
+        fingerprint = _fingerprint_of(chosen, chosen_pretrained)
+    except (FileNotFoundError, OSError) as err:
+        raise UserError(f"cannot read the index's model {chosen!r} ({err}); pass --model") from None
+    if not same_model(fingerprint, info["model"]):
+        raise UserError(f"model mismatch: the index's embeddings were made by {info['model']}, the query model "
+                        f"is {fingerprint}; queries must be embedded by the model that made the index "
+                        f"(a retrained checkpoint at the same path is another model: re-embed and rebuild)")
     try:
-        encoder = Encoder(chosen, chosen_pretrained, device=device)
+        return Encoder(chosen, chosen_pretrained, device=device)
     except (FileNotFoundError, OSError) as err:
         raise UserError(f"cannot load the index's model {chosen!r} ({err}); pass --model") from None
-    if not same_model(encoder.fingerprint, info["model"]):
-        raise UserError(f"model mismatch: the index's embeddings were made by {info['model']}, the query model "
-                        f"is {encoder.fingerprint}; queries must be embedded by the model that made the index "
-                        f"(a retrained checkpoint at the same path is another model: re-embed and rebuild)")
-    return encoder
 
 
 def search_run(run: str | Storage, *, text: str | None = None, image: bytes | None = None, k: int = 20,
@@ -270,6 +280,12 @@ def _shards(store: Storage) -> list[str]:
     if not files:
         raise UserError(f"{store.uri()}: no shards (give the output folder of curate run)")
     return files
+
+
+def _shard_model(store: Storage, path: str) -> str | None:
+    """The model fingerprint a shard's embedding column records (its footer only)."""
+    with store.fs.open_input_file(path) as handle:
+        return column_model(pq.ParquetFile(handle).schema_arrow, EMBEDDING)
 
 
 def _embeddings(store: Storage, shards: list[str], model, pretrained, batch_size, log):

@@ -20,6 +20,10 @@ embedding) comes from:
 
 Embeddings are never recomputed here (that needs the CLIP model of the clip_score
 stage): ``dedup_semantic`` needs a release whose shards hold ``clip_image_emb``.
+
+A release is someone else's output, so its uids (and those of a shared cache) are
+checked against make_uid's form as each shard is read; the fit waits for every read's
+verdict, so a bad uid stops the run with the user's one line rather than a Ray traceback.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import pyarrow.compute as pc
 from clipcurate.pipelines import fingerprint as fp
 from clipcurate.pipelines.errors import UserError
 from clipcurate.pipelines.release import RELEASE_UID_PREFIX, Release
-from clipcurate.pipelines.stage import REJECT, set_column
+from clipcurate.pipelines.stage import REJECT, check_uids, set_column
 from clipcurate.pipelines.storage import Storage
 
 SCORE = "clip_score"
@@ -57,7 +61,7 @@ def release_rows(stage, columns: list[str], *, spec: dict, stored: Callable[[Rel
     releases = releases_of(stage)
     if not releases:
         return None
-    refs = []
+    refs, checks = [], []
     for index, release in enumerate(releases):
         present = set(release.shard_columns())
         if stored(release) and set(columns) <= present:
@@ -70,11 +74,16 @@ def release_rows(stage, columns: list[str], *, spec: dict, stored: Callable[[Rel
             key = fp.digest({"stage": stage.name, "spec": spec, "columns": columns})
             cache_dir = stage.context.cache_store().path(f"{release.name}-{release.digest}", f"{stage.name}-{key}")
             wanted = ["uid", *[c for c in dict.fromkeys(reads) if c in present and c != "uid"]]
-        read = ray.remote(num_cpus=1)(_release_part)
+        read = ray.remote(num_cpus=1, num_returns=2)(_release_part)
         for number, shard in enumerate(release.shard_paths()):
             cached = posixpath.join(cache_dir, f"part-{number:05d}.parquet") if cache_dir else None
-            refs.append(read.remote(release.location, index, shard, wanted, columns, cached,
-                                    derive if cache_dir else None, stage.context.cache))
+            rows, refused = read.remote(release.location, index, shard, wanted, columns, cached,
+                                        derive if cache_dir else None, stage.context.cache)
+            refs.append(rows)
+            checks.append(refused)
+    for message in ray.get(checks):  # the verdicts only (None or why)
+        if message is not None:
+            raise UserError(message)
     import ray.data
 
     return ray.data.from_arrow_refs(refs) if refs else None  # the rows stay in the object store
@@ -96,19 +105,36 @@ def with_score(table: pa.Table) -> pa.Table:
 
 
 def _release_part(location: str, index: int, shard: str, wanted: list[str], columns: list[str], cached: str | None,
-                  derive, cache: str | None) -> pa.Table:
-    """One release shard's feature rows: from the cache, the shard itself, or derived and cached."""
+                  derive, cache: str | None) -> tuple[pa.Table | None, str | None]:
+    """One release shard's feature rows (from the cache, the shard itself, or derived and
+    cached), or (None, why) when they are refused: the driver raises it as one line."""
+    try:
+        return _release_rows_of(location, index, shard, wanted, columns, cached, derive, cache), None
+    except UserError as err:
+        return None, str(err)
+
+
+def _release_rows_of(location: str, index: int, shard: str, wanted: list[str], columns: list[str],
+                     cached: str | None, derive, cache: str | None) -> pa.Table:
     release_store = Storage.at(location)
     if cached is None:
-        return as_release_rows(release_store.read_parquet(shard, columns=wanted), columns, index)
+        return as_release_rows(_read_checked(release_store, shard, wanted), columns, index)
     cache_store = Storage.at(cache)
     if cache_store.exists(cached):
-        return as_release_rows(cache_store.read_parquet(cached), columns, index)
-    rows = release_store.read_parquet(shard, columns=wanted)
+        return as_release_rows(_read_checked(cache_store, cached, None), columns, index)
+    rows = _read_checked(release_store, shard, wanted)
     rows = rows.append_column(REJECT, pa.nulls(rows.num_rows, pa.string()))
     derived = derive(rows).select(["uid", *columns])
     cache_store.write_parquet(derived, cached)
     return as_release_rows(derived, columns, index)
+
+
+def _read_checked(store: Storage, path: str, columns: list[str] | None) -> pa.Table:
+    table = store.read_parquet(path, columns=columns)
+    if "uid" not in table.column_names:
+        raise UserError(f"{store.uri(path)}: no uid column (a shard of 'curate run' has one)")
+    check_uids(table.column("uid"), store.uri(path))
+    return table
 
 
 def with_releases(stage, ds, columns: list[str], *, spec: dict, stored: Callable[[Release], bool],

@@ -104,7 +104,10 @@ class ClipHeadsConfig(StageConfig):
 
             stage_model, first = model_fingerprint(model, pretrained), "the stage's model"
         for spec in heads:
-            head = load_head(spec.path, spec.format, name=spec.name)
+            try:
+                head = load_head(spec.path, spec.format, name=spec.name)
+            except FileNotFoundError as err:  # pydantic reports ValueErrors only
+                raise ValueError(str(err)) from None
             reads = head_model_fingerprint(head)
             if stage_model is None:
                 stage_model, first = reads, f"head '{spec.name}'"

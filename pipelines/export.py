@@ -23,6 +23,10 @@
   (``pipelines.stage.make_uid``), so the file names the same pairs wherever the run
   came from; DataComp's own pool uids are derived differently, so our files select from
   our runs and exports, not from DataComp's pool.
+
+Every shard's uids are checked against make_uid's form before anything is written: a
+uid becomes a member name (``../../x.jpg`` would land two levels up when a tar is
+extracted), and shards may come from other people's runs.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from clipcurate.pipelines.errors import UserError
+from clipcurate.pipelines.stage import check_uids
 from clipcurate.pipelines.storage import Storage
 
 FORMATS = ("webdataset", "uids")
@@ -103,6 +108,7 @@ def export_run(run: str | Storage, output: str, options: ExportOptions | None = 
     if options.format == "uids":
         return write_uid_file(source, shards, output)
     started = time.time()
+    check_shard_uids(source, shards)
     out = Storage.at(output)
     plan, identity = plan_tars(source, shards, options)
     finished, done = _resume(out, identity, options.force)
@@ -160,8 +166,10 @@ def datacomp_to_uids(array: np.ndarray) -> list[str]:
 def write_uid_file(source: Storage, shards: list[str], output: str) -> dict:
     if not str(output).endswith(".npy"):
         raise UserError(f"--output {output}: a uid subset file is a .npy file (e.g. subset.npy)")
-    uids = pa.chunked_array([source.read_parquet(p, columns=["uid"]).column("uid") for p in shards],
-                            type=pa.string()) if shards else pa.chunked_array([], pa.string())
+    columns = [_uid_column(source, p) for p in shards]
+    for path, column in zip(shards, columns):
+        check_uids(column, source.uri(path))
+    uids = pa.chunked_array(columns, type=pa.string()) if shards else pa.chunked_array([], pa.string())
     array = uids_to_datacomp(uids)
     if len(array) > 1 and not np.all(array[1:] != array[:-1]):
         raise UserError(f"{source.uri()}: a uid appears twice in the shards; a subset file lists each sample once")
@@ -176,6 +184,21 @@ def write_uid_file(source: Storage, shards: list[str], output: str) -> dict:
     target.write_bytes(buffer.getvalue(), path)
     return {"format": "uids", "source": source.uri(), "rows": int(len(array)), "output": target.uri(path),
             "dtype": "u8,u8", "sha256": hashlib.sha256(buffer.getvalue()).hexdigest()}
+
+
+def check_shard_uids(source: Storage, shards: list[str]) -> None:
+    """Refuse shards whose uids could not be member names, before any tar is written (one
+    read of each shard's uid column, on the driver, so the error is the user's one line)."""
+    for path in shards:
+        check_uids(_uid_column(source, path), source.uri(path))
+
+
+def _uid_column(source: Storage, path: str) -> pa.ChunkedArray:
+    with source.fs.open_input_file(path) as handle:
+        parquet = pq.ParquetFile(handle)
+        if "uid" not in parquet.schema_arrow.names:
+            raise UserError(f"{source.uri(path)}: no uid column (a shard of 'curate run' has one)")
+        return parquet.read(columns=["uid"]).column("uid")
 
 
 # ------------------------------------------------------------------ plan
@@ -333,7 +356,8 @@ def write_tar(source: Storage, out: Storage, tar: TarPlan, members: dict) -> dic
     ends the archive; the bytes equal webdataset's ``TarWriter`` output for the same
     samples (``tests/pipelines/test_export.py`` checks it). What ``addfile`` adds per
     member and we skip: a copy of the ``TarInfo``, a ``BytesIO`` per member, a member
-    list, one filesystem write per piece. Only the columns the samples need are read."""
+    list, one filesystem write per piece. Only the columns the samples need are read;
+    the uids that name the members are checked as they are read."""
     import polars as pl
 
     digest = hashlib.sha256()
@@ -352,9 +376,14 @@ def write_tar(source: Storage, out: Storage, tar: TarPlan, members: dict) -> dic
                 with source.fs.open_input_file(file) as handle:
                     parquet = pq.ParquetFile(handle)
                     present = [c for c in columns if c in parquet.schema_arrow.names]
+                    starts = np.cumsum([0] + [parquet.metadata.row_group(g).num_rows
+                                              for g in range(parquet.metadata.num_row_groups)])
                     for piece in pieces:
                         table = parquet.read_row_group(piece.group, columns=present)
-                        for batch in table.slice(piece.start, piece.stop - piece.start).to_batches():
+                        table = table.slice(piece.start, piece.stop - piece.start)
+                        first = int(starts[piece.group]) + piece.start
+                        check_uids(table.column("uid"), source.uri(file), rows=range(first, first + table.num_rows))
+                        for batch in table.to_batches():
                             archive.offset += _write_rows(sink, info, archive, batch, members, pl)
             archive.close()  # tarfile's end of archive: two zero blocks, padding to a 10 KiB record
         finally:

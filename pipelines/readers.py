@@ -1,22 +1,26 @@
-"""Input readers: URL + caption lists in parquet, csv/tsv, jsonl or txt, split into
+"""Input readers: URL + caption lists in parquet, csv/tsv or jsonl, split into
 fixed-size partitions of the sample schema (img2dataset's reader does the same).
 
 Partitions are written once to ``<work>/input/`` so a rerun reads identical rows in
 identical order, and every row gets its ``uid`` here. A repeated (url, caption) row
 is kept in the accounting but rejected as ``input:duplicate_row``; an empty caption
-is rejected as ``input:empty_caption``.
+is rejected as ``input:empty_caption``. A txt input (img2dataset's one URL per line)
+is refused for that reason: none of its rows could ever be kept.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import glob
+import io
 import json
 import os
 import posixpath
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
@@ -85,18 +89,26 @@ def _fingerprint(path: str) -> list:
     return [path if is_uri(path) else store.root, info.size, mtime]
 
 
+JSONL_MAX_BLOCK = 1 << 30
+
+
 def read_input_table(path: str, config: InputConfig) -> pa.Table:
     """One input file as an Arrow table with ``url`` and ``caption`` string columns."""
     fmt = config.format if config.format != "auto" else FORMATS.get(Path(path).suffix.lower())
     if fmt is None:
         raise InputError(f"{path}: cannot tell the input format from the extension; set input.format")
+    if fmt == "txt":
+        raise InputError(
+            f"{path}: a txt input holds URLs only, and a row without a caption is always rejected "
+            f"(input:empty_caption); give a csv, tsv, jsonl or parquet with a caption column (input.caption_col)"
+        )
     store = Storage.at(path)
     fs, location = store.fs, store.root
     if store.size(location) == 0:
         raise InputError(f"{path}: input file is empty")
     try:
         if fmt == "parquet":
-            table = pq.read_table(location, filesystem=fs)
+            table = store.read_parquet(location)
         elif fmt in ("csv", "tsv"):
             table = pacsv.read_csv(
                 fs.open_input_stream(location),
@@ -105,33 +117,50 @@ def read_input_table(path: str, config: InputConfig) -> pa.Table:
                     column_types={config.url_col: pa.string(), config.caption_col: pa.string()}
                 ),
             )
-        elif fmt == "jsonl":
-            table = pajson.read_json(fs.open_input_stream(location))
         else:
-            table = _read_txt(store, config)
+            # one block for the whole file: Arrow's merge of types inferred in different blocks
+            # crashes the process on some inputs (a [] in one block, a long string in the next;
+            # apache/arrow#11044 is of that kind); beyond the int32 block limit, 1 GiB blocks
+            block = min(store.size(location) + 1, JSONL_MAX_BLOCK)
+            table = pajson.read_json(fs.open_input_stream(location), read_options=pajson.ReadOptions(block_size=block))
+        table.validate(full=True)  # the JSON and parquet readers let invalid UTF-8 through
+        table.column_names  # noqa: B018 - decoded here: a header cell of invalid UTF-8 fails now
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: a column name is not valid UTF-8") from None
     except pa.ArrowInvalid as err:
         message = " ".join(str(err).split())
         if "UTF8" in message or "utf-8" in message.lower():
-            raise InputError(f"{path}: text is not valid UTF-8 ({message})") from None
+            raise InputError(f"{path}: text is not valid UTF-8{_bad_line(store, fmt) or f' ({message})'}") from None
         raise InputError(f"{path}: cannot read as {fmt} ({message})") from None
-    except UnicodeDecodeError as err:
-        raise InputError(f"{path}: text is not valid UTF-8 (byte {err.start})") from None
+    except OSError as err:  # a parquet file's broken footer, page or compression
+        if fmt != "parquet" or isinstance(err, (FileNotFoundError, PermissionError)):
+            raise
+        raise InputError(f"{path}: cannot read as parquet ({' '.join(str(err).split())})") from None
     return _normalise_columns(table, path, config)
 
 
-def _read_txt(store: Storage, config: InputConfig) -> pa.Table:
-    """img2dataset's txt format: one URL per line, no caption."""
-    text = store.read_bytes(store.root).decode("utf-8")
-    urls = [line.strip() for line in text.splitlines() if line.strip()]
-    return pa.table({config.url_col: pa.array(urls, pa.string()), config.caption_col: pa.nulls(len(urls), pa.string())})
+def _bad_line(store: Storage, fmt: str) -> str:
+    """Where the first invalid UTF-8 is in a text input (`` at line N (byte M)``); the
+    file is read again only when the reader has already failed."""
+    if fmt == "parquet":
+        return ""
+    for number, line in enumerate(store.read_bytes(store.root).split(b"\n"), 1):
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError as err:
+            return f" at line {number} (byte {err.start + 1})"
+    return ""
 
 
 def _normalise_columns(table: pa.Table, path: str, config: InputConfig) -> pa.Table:
     if table.num_rows == 0:
         raise InputError(f"{path}: input has no rows")
+    twice = sorted({_shown(n) for n in table.column_names if table.column_names.count(n) > 1})
+    if twice:
+        raise InputError(f"{path}: column {', '.join(twice)} appears more than once")
     for role, column in (("url", config.url_col), ("caption", config.caption_col)):
         if column not in table.column_names:
-            have = ", ".join(table.column_names)
+            have = ", ".join(map(_shown, table.column_names))
             raise InputError(f"{path}: no {role} column '{column}' (columns: {have}); set input.{role}_col")
     columns = {}
     for role, column in (("url", config.url_col), ("caption", config.caption_col)):
@@ -150,7 +179,17 @@ def _normalise_columns(table: pa.Table, path: str, config: InputConfig) -> pa.Ta
         for name in table.column_names
         if name not in (config.url_col, config.caption_col) and name not in SAMPLE_SCHEMA.names
     }
-    return _keep_field_metadata(pa.table({**columns, **extras}), table.schema)
+    table = _keep_field_metadata(pa.table({**columns, **extras}), table.schema)
+    try:  # carried columns go into parquet partitions: an empty JSON object ({}) cannot
+        pq.write_table(table.schema.empty_table(), io.BytesIO())
+    except (pa.ArrowNotImplementedError, pa.ArrowInvalid) as err:
+        raise InputError(f"{path}: a column cannot be stored in parquet ({' '.join(str(err).split())})") from None
+    return table
+
+
+def _shown(name: str) -> str:
+    """A column name for a one-line message (a header cell may hold a newline)."""
+    return name if name.isprintable() else repr(name)
 
 
 def _keep_field_metadata(table: pa.Table, source: pa.Schema) -> pa.Table:
@@ -173,7 +212,11 @@ def _carried_images(table: pa.Table, path: str) -> dict:
     carried = {"image": image.cast(pa.binary())}
     for name in ("width", "height"):
         if name in table.column_names:
-            carried[name] = table.column(name).cast(pa.int32())
+            try:
+                carried[name] = table.column(name).cast(pa.int32())
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                raise InputError(f"{path}: column '{name}' should hold pixel counts, found "
+                                 f"{table.column(name).type}") from None
     return carried
 
 
@@ -197,11 +240,11 @@ def split_input(spec, config: InputConfig, work_dir: str | Storage) -> dict:
             )
         return index
     work.makedirs(out_dir)
-    seen: set[str] = set()
+    uids = UidBook()
     partitions, rows, pending = [], 0, []
     for path in files:
         table = read_input_table(path, config)
-        pending.append(_with_sample_columns(table, seen))
+        pending.append(_with_sample_columns(table, uids))
         rows += table.num_rows
         buffered = pa.concat_tables(pending, promote_options="permissive")
         while buffered.num_rows >= config.partition_size:
@@ -216,26 +259,55 @@ def split_input(spec, config: InputConfig, work_dir: str | Storage) -> dict:
     return json.loads(json.dumps(index))
 
 
-def _with_sample_columns(table: pa.Table, seen: set[str]) -> pa.Table:
-    urls = table.column("url").to_pylist()
-    captions = table.column("caption").to_pylist()
-    uids, rejects = [], []
-    for url, caption in zip(urls, captions):
-        uid = make_uid(url or "", caption or "")
-        reason = None
-        copy = 1
-        base = uid
-        while uid in seen:
-            copy += 1
-            uid = make_uid(url or "", f"{caption or ''}#{copy}")
-            reason = "input:duplicate_row=" + base
-        seen.add(uid)
-        if reason is None and (url is None or not url.strip()):
-            reason = "input:empty_url"
-        if reason is None and (caption is None or not caption.strip()):
-            reason = "input:empty_caption"
-        uids.append(uid)
-        rejects.append(reason)
+@dataclass
+class UidBook:
+    """The uids given so far in one split (across its files and partitions).
+
+    A repeated (url, caption) row gets ``make_uid(url, caption + "#k")`` for the first
+    ``k >= 2`` not yet taken (a caption may itself end in ``#2``). ``next_copy`` holds,
+    per base uid, the first ``k`` not known to be taken: every earlier candidate is in
+    ``taken`` already and ``taken`` only grows, so starting there gives the uid the plain
+    search from ``#2`` gives, in time linear in the rows rather than in copies squared
+    (crawls repeat a URL and its alt text by the million)."""
+
+    taken: set[str] = field(default_factory=set)
+    next_copy: dict[str, int] = field(default_factory=dict)
+
+    def assign(self, urls: list, captions: list) -> tuple[list[str], list[str | None]]:
+        """Each row's uid and, for a repeated row, the uid of its first copy."""
+        uids = [make_uid(url or "", caption or "") for url, caption in zip(urls, captions)]
+        first_copy: list[str | None] = [None] * len(uids)
+        taken, next_copy = self.taken, self.next_copy
+        for i, base in enumerate(uids):
+            if base not in taken:
+                taken.add(base)
+                continue
+            url, caption = urls[i] or "", captions[i] or ""
+            copy = next_copy.get(base, 2)
+            uid = make_uid(url, f"{caption}#{copy}")
+            while uid in taken:
+                copy += 1
+                uid = make_uid(url, f"{caption}#{copy}")
+            next_copy[base] = copy + 1
+            taken.add(uid)
+            uids[i], first_copy[i] = uid, base
+        return uids, first_copy
+
+
+# What Python's str.strip() removes (the last is U+3000), so a blank URL or caption is judged as before.
+_WHITESPACE = "".join(c for c in map(chr, range(0x3001)) if c.isspace())
+
+
+def _blank(values: pa.ChunkedArray) -> pa.Array:
+    values = values.combine_chunks()
+    return pc.fill_null(pc.equal(pc.utf8_trim(values, _WHITESPACE), ""), True)
+
+
+def _with_sample_columns(table: pa.Table, book: UidBook) -> pa.Table:
+    uids, first_copy = book.assign(table.column("url").to_pylist(), table.column("caption").to_pylist())
+    reject = pa.array([None if base is None else "input:duplicate_row=" + base for base in first_copy], pa.string())
+    reject = pc.if_else(pc.and_(pc.is_null(reject), _blank(table.column("url"))), "input:empty_url", reject)
+    reject = pc.if_else(pc.and_(pc.is_null(reject), _blank(table.column("caption"))), "input:empty_caption", reject)
     base_columns = {
         "uid": pa.array(uids, pa.string()),
         "url": table.column("url"),
@@ -243,7 +315,7 @@ def _with_sample_columns(table: pa.Table, seen: set[str]) -> pa.Table:
         "image": _column_or_nulls(table, "image", pa.binary()),
         "width": _column_or_nulls(table, "width", pa.int32()),
         "height": _column_or_nulls(table, "height", pa.int32()),
-        REJECT: pa.array(rejects, pa.string()),
+        REJECT: reject,
     }
     extras = {name: table.column(name) for name in table.column_names if name not in base_columns}
     return _keep_field_metadata(pa.table({**base_columns, **extras}), table.schema)

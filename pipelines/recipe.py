@@ -3,6 +3,8 @@
 Validation happens here, before any work starts: an unknown stage, a missing or
 mistyped parameter, or a column that no earlier stage provides is one line that
 names the recipe key (``stages[2].clip_score.min_score: ...``), never a traceback.
+A stage listed twice must differ in its parameters and is labelled ``<name>_2``; a
+second download is refused (``build_stages``).
 """
 
 from __future__ import annotations
@@ -70,13 +72,47 @@ def load_recipe(path: str | Path, *, against=(), blocklist=()) -> tuple[Recipe, 
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise RecipeError(f"{path}: recipe file not found") from None
+    except UnicodeDecodeError as err:
+        raise RecipeError(f"{path}: not valid UTF-8 (byte {err.start + 1})") from None
     except yaml.YAMLError as err:
         raise RecipeError(f"{path}: not valid YAML ({_one_line(str(err))})") from None
+    except RecursionError:
+        raise RecipeError(f"{path}: nested more than {MAX_DEPTH} levels deep") from None
+    check_shape(raw, str(path))
     raw = expand_env(raw if raw is not None else {}, str(path))
     if (against or blocklist) and isinstance(raw, dict):
+        for key in ("against", "blocklist"):
+            if not isinstance(raw.get(key, []), list):
+                raise RecipeError(f"{path}: {key}: a list of paths, got {type(raw[key]).__name__}")
         raw = {**raw, "against": [*raw.get("against", []), *map(str, against)],
                "blocklist": [*raw.get("blocklist", []), *map(str, blocklist)]}
     return parse_recipe(raw, source=str(path))
+
+
+MAX_DEPTH = 64  # a recipe's deepest nesting is 4 or 5 levels
+MAX_NODES = 100_000  # values once YAML aliases are expanded (the shipped recipes: a few hundred)
+
+
+def check_shape(raw, where: str) -> None:
+    """Refuse a recipe nested past ``MAX_DEPTH`` or past ``MAX_NODES`` values once its
+    aliases are expanded: ten nested ``[*a, *a, ...]`` anchors are a few hundred bytes of
+    YAML and 10^10 values to walk ("billion laughs"). Each object is counted once, so
+    the check is linear in the YAML."""
+    sizes: dict[int, int] = {}
+
+    def size(value, depth: int) -> int:
+        if not isinstance(value, (dict, list)):
+            return 1
+        if depth > MAX_DEPTH:
+            raise RecipeError(f"{where}: nested more than {MAX_DEPTH} levels deep")
+        if id(value) not in sizes:
+            children = [*value.keys(), *value.values()] if isinstance(value, dict) else value
+            sizes[id(value)] = 1 + sum(size(child, depth + 1) for child in children)
+            if sizes[id(value)] > MAX_NODES:
+                raise RecipeError(f"{where}: more than {MAX_NODES:,} values once YAML aliases are expanded")
+        return sizes[id(value)]
+
+    size(raw, 0)
 
 
 def expand_env(value, where: str):
@@ -133,7 +169,13 @@ def build_stages(entries: list, source: str = "recipe", seed: int | None = None)
     """Each entry is a one-key mapping ``{stage_name: {params}}`` (or a bare name).
 
     ``seed`` (the recipe's) goes to every stage that draws randomness (a ``seed``
-    parameter) and does not set its own, so one number reproduces a whole run."""
+    parameter) and does not set its own, so one number reproduces a whole run.
+
+    A stage may be listed again with other parameters (two CLIP score filters with
+    different models); the second is labelled ``<name>_2`` in reject reasons and counts.
+    A repeat whose parameters differ only in speed (``speed_params``) or not at all is
+    refused (it only costs time), and so is a second checkpoint stage (the download:
+    it would fetch every URL twice)."""
     stages: list[Stage] = []
     seen: dict[str, int] = {}
     for i, entry in enumerate(entries):
@@ -143,7 +185,7 @@ def build_stages(entries: list, source: str = "recipe", seed: int | None = None)
             raise RecipeError(f"{source}: stages[{i}]: each stage is a one-key mapping like '- basic_filter: {{}}'")
         (name, params), = entry.items()
         params = params or {}
-        key = f"stages[{i}].{name}"
+        key = f"stages[{i}].{_key(name)}"
         if not isinstance(params, dict):
             raise RecipeError(f"{source}: {key}: parameters must be a mapping, got {type(params).__name__}")
         try:
@@ -156,12 +198,30 @@ def build_stages(entries: list, source: str = "recipe", seed: int | None = None)
             config = cls.Config.model_validate(params)
         except ValidationError as err:
             raise RecipeError(f"{source}: {key}.{_first_error(err)}") from None
-        stage = cls(config)
+        try:
+            stage = cls(config)
+        except ValueError as err:  # a combination the stage's library refuses (datasketch's LSH bands)
+            raise RecipeError(f"{source}: {key}: {_one_line(str(err))}") from None
+        _refuse_repeat(stage, stages, f"{source}: {key}")
         seen[name] = seen.get(name, 0) + 1
         if seen[name] > 1:
             stage.label = f"{name}_{seen[name]}"
         stages.append(stage)
     return stages
+
+
+def _refuse_repeat(stage: Stage, earlier: list[Stage], key: str) -> None:
+    """A repeated stage must do something its earlier entry did not (see ``build_stages``)."""
+    def params(s: Stage) -> dict:
+        return s.config.model_dump(mode="json", exclude=set(s.speed_params))
+
+    for j, other in enumerate(earlier):
+        if other.name != stage.name:
+            continue
+        if stage.checkpoint:
+            raise RecipeError(f"{key}: listed again after stages[{j}]; a recipe has one {stage.name} stage")
+        if params(other) == params(stage):
+            raise RecipeError(f"{key}: same parameters as stages[{j}]; a repeated stage needs different parameters")
 
 
 def check_columns(stages: list[Stage], source: str = "recipe", available: set[str] | None = None) -> None:
@@ -179,13 +239,20 @@ def check_columns(stages: list[Stage], source: str = "recipe", available: set[st
 
 def _first_error(err: ValidationError) -> str:
     first = err.errors()[0]
-    loc = ".".join(str(part) for part in first["loc"])
+    loc = ".".join(_key(part) for part in first["loc"])
     msg = first["msg"]
     if first["type"] == "extra_forbidden":
         msg = "unknown parameter"
     elif "input" in first and first["type"] != "missing":
-        msg = f"{msg} (got {first['input']!r})"
+        shown = repr(first["input"])
+        msg = f"{msg} (got {shown if len(shown) <= 80 else shown[:80] + '...'})"
     return f"{loc}: {msg}" if loc else msg
+
+
+def _key(part) -> str:
+    """A recipe key for a one-line message (a YAML key may hold a newline)."""
+    text = str(part)
+    return text if text.isprintable() else repr(text)
 
 
 def _one_line(text: str) -> str:

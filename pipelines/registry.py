@@ -39,7 +39,7 @@ def stage_class(name: str) -> type[Stage]:
         target = STAGES[name]
     except KeyError:
         known = ", ".join(sorted(STAGES))
-        raise UnknownStage(f"unknown stage '{name}' (known: {known})") from None
+        raise UnknownStage(f"unknown stage {str(name)!r} (known: {known})") from None
     module_name, _, class_name = target.partition(":")
     module = importlib.import_module(module_name)
     return getattr(module, class_name)

@@ -16,6 +16,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict
 
+from clipcurate.pipelines.errors import UserError
+
 if TYPE_CHECKING:  # pragma: no cover
     import polars as pl
     import ray.data
@@ -219,6 +221,34 @@ def ensure_columns(batch: pa.Table, columns: dict[str, pa.DataType]) -> pa.Table
 def make_uid(url: str, caption: str) -> str:
     """Stable 128-bit uid of a pair (DataComp uses 128-bit uids too)."""
     return hashlib.blake2b(f"{url}\t{caption}".encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+
+
+# make_uid's form, in the regex syntax of Arrow (RE2) and polars (Rust): no multiline,
+# so ``$`` is the end of the value and a trailing newline does not pass.
+UID_PATTERN = r"^[0-9a-f]{32}$"
+
+
+def check_uids(uids: pa.Array | pa.ChunkedArray, where: str, *, rows=None) -> None:
+    """Refuse a uid column unless every value has make_uid's form (``UID_PATTERN``).
+
+    A uid names files (the audit's thumbnails, tar members), and shards, releases and
+    exports come from other people's runs: ``../../x`` or ``/abs/x`` would write outside
+    the output. One regex pass over the column; ``rows`` gives each value's row in
+    ``where`` when the values are not its rows from 0."""
+    kind = uids.type
+    if pa.types.is_dictionary(kind):
+        uids, kind = uids.cast(kind.value_type), kind.value_type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        raise UserError(f"{where}: the uid column holds {kind}, not strings")
+    bad = pc.invert(pc.fill_null(pc.match_substring_regex(uids, UID_PATTERN), False))
+    if not pc.any(bad).as_py():
+        return
+    position = pc.index(bad, True).as_py()
+    value = uids[position].as_py()
+    shown = "null" if value is None else repr(value) if len(value) <= 48 else repr(value[:48]) + "..."
+    row = position if rows is None else int(rows[position])
+    raise UserError(f"{where}: row {row}: uid {shown} is not 32 lowercase hex digits (make_uid's form; "
+                    f"a uid names files)")
 
 
 def unit_hash(uids, salt: str, seed: int) -> np.ndarray:

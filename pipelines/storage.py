@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from clipcurate.pipelines import limits
 from clipcurate.pipelines.errors import UserError
 
 
@@ -123,11 +124,10 @@ class Storage:
             self.fs.move(path, posixpath.join(dst_dir, posixpath.basename(path)))
 
     def write_parquet(self, table: pa.Table, path: str) -> None:
-        """Write ``table`` so that ``path`` is either absent or complete."""
-        target = self._temporary(path)
-        pq.write_table(table, target, filesystem=self.fs)
-        if target != path:
-            self.fs.move(target, path)
+        """Write ``table`` so that ``path`` is either absent or complete; a write that fails
+        (a full disk) leaves no temporary file behind."""
+        with self.open_output(path) as handle:
+            pq.write_table(table, handle)
 
     def write_bytes(self, data: bytes, path: str) -> None:
         target = self._temporary(path)
@@ -155,8 +155,20 @@ class Storage:
         with self.fs.open_input_stream(path) as handle:
             return handle.read()
 
+    def read_json(self, path: str):
+        """A JSON file, refused unread beyond ``limits.JSON_MAX_BYTES``."""
+        size = self.size(path)
+        if size is not None and size > limits.JSON_MAX_BYTES:
+            raise UserError(f"{self.uri(path)}: {size:,} bytes of JSON, more than the {limits.JSON_MAX_BYTES:,} "
+                            f"this file may hold")
+        return limits.parse_json(self.read_bytes(path), self.uri(path))
+
     def read_parquet(self, path: str, columns: list[str] | None = None) -> pa.Table:
-        return pq.read_table(path, columns=columns, filesystem=self.fs)
+        """A parquet file whole, once its footer is checked against its size (``limits``)."""
+        with self.fs.open_input_file(path) as handle:
+            parquet = pq.ParquetFile(handle)
+            limits.check_parquet(parquet.metadata, handle.size(), self.uri(path))
+            return parquet.read(columns=columns)
 
     def read_rows(self, path: str, rows: list[int], columns: list[str]) -> pa.Table:
         """Rows ``rows`` (indices in the file, in that order) of a parquet file, reading
@@ -183,6 +195,7 @@ class Storage:
             by_group.setdefault(group, []).append(row)
         with self.fs.open_input_file(path) as handle:
             parquet = pq.ParquetFile(handle)
+            limits.check_parquet(parquet.metadata, handle.size(), self.uri(path))
             present = [c for c in columns if c in parquet.schema_arrow.names]
             parts, order = [parquet.schema_arrow.empty_table().select(present)], []
             for group, members in sorted(by_group.items()):

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from clipcurate.pipelines.errors import UserError
+from clipcurate.pipelines.limits import check_torch_file, read_json
 from clipcurate.pipelines.storage import Storage, cache_dir, is_uri
 from clipcurate.train.clip_model import save_checkpoint
 
@@ -59,7 +60,8 @@ def exists(directory: str | Path) -> bool:
 
 def load(directory: str | Path, map_location="cpu") -> TrainerState:
     directory = Path(directory)
-    state = json.loads((directory / STATE_JSON).read_text())
+    state = read_json(directory / STATE_JSON)
+    check_torch_file(directory / STATE_TENSORS)
     tensors = torch.load(directory / STATE_TENSORS, map_location=map_location, weights_only=True)
     if int(tensors["step"]) != int(state["step"]):
         raise UserError(f"checkpoint {directory} was interrupted while saving (step {tensors['step']} "

@@ -54,6 +54,7 @@ from torchvision.transforms import Compose, Normalize, PILToTensor, ToTensor
 
 from clipcurate.pipelines import fingerprint as fp
 from clipcurate.pipelines.errors import UserError
+from clipcurate.pipelines.limits import check_torch_file, read_json
 from clipcurate.pipelines.storage import Storage, cache_dir, is_uri
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -84,26 +85,39 @@ def load_clip(model: str | Path, pretrained: str | None = None, *, device: str |
     device = resolve_device(device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)  # random weights (no ``pretrained``) are the same in every worker and run
-        clip, preprocess, tokenizer = _build(model, pretrained, device)
+        try:
+            clip, preprocess, tokenizer = _build(model, pretrained, device)
+        except ValueError as err:
+            if "custom code" not in str(err):
+                raise
+            raise UserError(f"model {model}: its files need their own Python code to load (transformers' "
+                            f"remote code); clipcurate never runs code from a model folder") from None
     clip.eval()
     return ClipModel(clip, preprocess, tokenizer)
 
 
 def _build(model: str | Path, pretrained: str | None, device: torch.device):
+    no_remote_code()
     directory = checkpoint_dir(model)
     if directory is not None:
+        config = resolve_config(directory)  # checked: no code from the folder's files
+        check_weights(directory / WEIGHTS_FILE)
         spec = LOCAL_DIR + str(directory)
         clip, _, preprocess = open_clip.create_model_and_transforms(spec, device=device)
-        tokenizer = open_clip.get_tokenizer(spec)
+        tokenizer = open_clip.get_tokenizer(spec, **safe_tokenizer_kwargs(config["model_cfg"]["text_cfg"]))
     elif is_builtin_name(model) or str(model).startswith("hf-hub:"):
+        config = resolve_config(model)
+        if pretrained is not None and Path(pretrained).is_file():
+            check_weights(Path(pretrained))
         clip, _, preprocess = open_clip.create_model_and_transforms(str(model), pretrained=pretrained, device=device)
-        tokenizer = open_clip.get_tokenizer(str(model))
+        tokenizer = open_clip.get_tokenizer(str(model), **safe_tokenizer_kwargs(config["model_cfg"]["text_cfg"]))
     else:  # a bundled or JSON config: built through a staged checkpoint dir, then the weights file
         config = resolve_config(model)
         if Path(str(model)).suffix == ".json" and pretrained is None:
             raise UserError(f"model config {model} needs `pretrained`: the weights file to load")
         clip = build_from_config(config, device)
         if pretrained is not None:
+            check_weights(Path(pretrained))
             open_clip.load_checkpoint(clip, pretrained, weights_only=True)
         preprocess = image_transform_v2(PreprocessCfg(**open_clip.get_model_preprocess_cfg(clip)), is_train=False)
         tokenizer = tokenizer_for(config)
@@ -149,6 +163,8 @@ def resolve_config(model: str | Path, *, loss: str = "clip") -> dict:
     for key in ("hf_model_name", "hf_tokenizer_name"):
         if text_cfg.get(key) in LOCAL_HF_MODELS:
             text_cfg[key] = str(_local_hf_path(text_cfg[key]))
+    if text_cfg.get("hf_tokenizer_name"):
+        text_cfg["tokenizer_kwargs"] = safe_tokenizer_kwargs(text_cfg)
     if loss == "siglip" and "init_logit_bias" not in model_cfg:
         model_cfg["init_logit_scale"] = float(torch.log(torch.tensor(10.0)))
         model_cfg["init_logit_bias"] = -10.0
@@ -216,6 +232,7 @@ def build_from_config(config: dict, device: str | torch.device = "cpu") -> torch
     """A fresh model from an ``open_clip_config.json`` dict, through open_clip's own
     ``local-dir`` door (so a checkpoint we write is loadable by plain open_clip by
     construction). A Hugging Face text tower in it loads its pretrained weights."""
+    no_remote_code()
     with tempfile.TemporaryDirectory(prefix="clipcurate-model-") as staging:
         write_config(staging, config)
         with _quiet_logging():  # "no CLIP weights found": a fresh model is the intent
@@ -227,8 +244,9 @@ def tokenizer_for(config: dict):
     text_cfg = config["model_cfg"]["text_cfg"]
     context_length = text_cfg.get("context_length", DEFAULT_CONTEXT_LENGTH)
     if text_cfg.get("hf_tokenizer_name"):
+        no_remote_code()
         return HFTokenizer(text_cfg["hf_tokenizer_name"], context_length=context_length,
-                           **text_cfg.get("tokenizer_kwargs", {}))
+                           **safe_tokenizer_kwargs(text_cfg))
     with tempfile.TemporaryDirectory(prefix="clipcurate-tok-") as staging:
         write_config(staging, config)
         return open_clip.get_tokenizer(LOCAL_DIR + staging)
@@ -423,5 +441,39 @@ def _local_hf_path(name: str) -> Path:
 
 
 def _read_json(path: Path) -> dict:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    config = read_json(path)
+    if not isinstance(config, dict):
+        raise UserError(f"{path}: a model config is a JSON object")
+    return config
+
+
+# ----------------------------------------------------------------------------- no code from model files
+
+
+def safe_tokenizer_kwargs(text_cfg: dict) -> dict:
+    """The keyword arguments a config gives its Hugging Face tokenizer, with
+    ``trust_remote_code`` forced off: a model folder is data, and with it on,
+    ``AutoTokenizer`` imports the folder's ``tokenization_*.py``. Passed by us, they
+    override the config's own (open_clip merges caller kwargs last)."""
+    if not text_cfg.get("hf_tokenizer_name"):
+        return {}
+    kwargs = text_cfg.get("tokenizer_kwargs") or {}
+    if not isinstance(kwargs, dict):
+        raise UserError("model config: text_cfg.tokenizer_kwargs must be a mapping")
+    return {**kwargs, "trust_remote_code": False}
+
+
+def no_remote_code() -> None:
+    """Where we cannot pass ``trust_remote_code=False`` (open_clip's ``AutoConfig`` call
+    for a Hugging Face text tower), transformers would ask on the terminal before running
+    a folder's code; with its timeout at 0 it refuses without asking."""
+    from transformers import dynamic_module_utils
+
+    dynamic_module_utils.TIME_OUT_REMOTE_CODE = 0
+
+
+def check_weights(path: Path) -> None:
+    """A weights file is refused before loading when it declares more than it holds
+    (``pipelines/limits.py``); ``.safetensors`` headers are checked by safetensors itself."""
+    if path.is_file() and path.suffix != ".safetensors":
+        check_torch_file(path)

@@ -41,6 +41,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from clipcurate.pipelines.limits import check_torch_file
+
 FORMAT = "clipcurate.head/1"
 INPUTS = ("image", "image+text")
 
@@ -158,6 +160,7 @@ def load_head(path: str | os.PathLike, format: str = "clipcurate", *, name: str 
     ``weights_only``: a file that needs arbitrary unpickling is refused."""
     path = Path(path)
     try:
+        check_torch_file(path)  # nothing allocated beyond what the file holds
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise FileNotFoundError(f"head file not found: {path}") from None

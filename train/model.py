@@ -24,8 +24,8 @@ from open_clip.transform import AugmentationCfg, PreprocessCfg, image_transform_
 from torchvision.transforms import RandomHorizontalFlip, RandomResizedCrop
 
 from clipcurate.pipelines.errors import UserError
-from clipcurate.train.clip_model import (LOCAL_DIR, WEIGHTS_FILE, build_from_config, checkpoint_dir,
-                                         is_builtin_name, resolve_config, tokenizer_for)
+from clipcurate.train.clip_model import (LOCAL_DIR, WEIGHTS_FILE, build_from_config, check_weights, checkpoint_dir,
+                                         is_builtin_name, no_remote_code, resolve_config, tokenizer_for)
 
 # ``augment=True``: SimCLR's crop + colour recipe (Chen et al. 2020), milder crops, through
 # open_clip's own augmentation config, plus a horizontal flip.
@@ -60,6 +60,8 @@ def create(model: str | Path, *, loss: str = "clip", pretrained: str | None = No
     directory = checkpoint_dir(model)
     if directory is not None and (directory / WEIGHTS_FILE).is_file():  # continue from a checkpoint's weights
         config = resolve_config(directory)
+        check_weights(directory / WEIGHTS_FILE)
+        no_remote_code()
         built = open_clip.create_model(LOCAL_DIR + str(directory), device=device)
         if loss == "siglip" and getattr(built, "logit_bias", None) is None:
             raise UserError(f"checkpoint {directory} has no logit_bias: it cannot continue with the SigLIP loss")

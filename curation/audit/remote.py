@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from clipcurate.pipelines.errors import UserError
+from clipcurate.pipelines.stage import check_uids
 from clipcurate.pipelines.storage import Storage, cache_dir
 
 COPIED = ("stats", "rejects")
@@ -66,6 +67,7 @@ def read_images(local_run: str | Path, rows: dict[str, list[int]]) -> dict[str, 
     found: dict[str, bytes | None] = {}
     for name, indices in rows.items():
         table = shards.read_rows(shards.path(name), indices, ["uid", "image"])
+        check_uids(table.column("uid"), shards.uri(shards.path(name)), rows=indices)  # the store may differ from the mirror
         if "image" in table.column_names:
             found.update(zip(table.column("uid").to_pylist(), table.column("image").to_pylist()))
     return found

@@ -8,7 +8,9 @@ so they are shown as caption cards; a duplicate's card shows the kept row it
 duplicates when that row is in the shards. Image bytes are fetched with a polars scan
 filtered on the sampled uids (prefiltered: the ``image`` column is decoded only for
 matching rows, and only in the files that hold them); for a mirror of a run in object
-storage (``audit.remote``), from the run in the store, by row.
+storage (``audit.remote``), from the run in the store, by row. A thumbnail is named by
+its uid, so every kept uid is checked against make_uid's form first (a shard from
+someone else's run could hold ``../../x``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from PIL import Image, UnidentifiedImageError
 
 from clipcurate.curation.audit.remote import read_images, source_of
 from clipcurate.curation.audit.stats import Run
+from clipcurate.pipelines.errors import UserError
+from clipcurate.pipelines.stage import check_uids
 
 THUMB_PX = 176
 
@@ -50,6 +54,7 @@ class Card:
 def sample_cards(run: Run, report: Path, *, subdir: str = "thumbs", count: int = 24,
                  per_reason: int = 6) -> dict:
     """Pick the samples, write thumbnails under ``report/subdir``; kept and per-reason cards."""
+    check_shard_uids(run)
     columns = [c for c in ("uid", "caption", "clip_score", "width", "height") if run.has(c)]
     kept_frame = (run.kept().select(*_present(columns, run.kept_schema))
                   .bottom_k(count, by="uid").sort("uid"))
@@ -85,6 +90,16 @@ def sample_cards(run: Run, report: Path, *, subdir: str = "thumbs", count: int =
         card.duplicate_thumb = rel(card.detail) if card.reason.endswith(":duplicate_of") else None
         by_reason.setdefault(card.reason, []).append(card)
     return {"kept": kept_cards, "rejected": by_reason}
+
+
+def check_shard_uids(run: Run) -> None:
+    """Refuse the run when a kept uid could not name a thumbnail file (one pass over
+    each shard's uid column)."""
+    for path in run.shards:
+        parquet = pq.ParquetFile(path)
+        if "uid" not in parquet.schema_arrow.names:
+            raise UserError(f"{path}: no uid column (a shard of 'curate run' has one)")
+        check_uids(parquet.read(columns=["uid"]).column("uid"), str(path))
 
 
 def _present(columns: list[str], schema: dict) -> list[pl.Expr]:

@@ -5,7 +5,8 @@ so one fetch here is a small state machine on ``http.client``:
 
 - safety: only http(s); every hop (the first URL and each redirect target) is
   resolved with DNS and refused if any address is private, loopback, link-local,
-  reserved or a cloud metadata address, unless the recipe allows private networks
+  reserved or a cloud metadata address (``addresses``: also when an IPv6 form embeds
+  one), unless the recipe allows private networks
   (or lists that exact ``ip:port``); the connection then goes to the checked
   address, so a second DNS answer cannot swap it (DNS rebinding); redirects are
   limited and a revisited URL is a loop;
@@ -39,6 +40,8 @@ import urllib.robotparser
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from clipcurate.pipelines.download.addresses import is_public
+
 # The failure ledger (the stage writes "download:<category>[=detail]").
 CATEGORIES = ("dns", "connect", "timeout", "http_4xx", "http_5xx", "opt_out", "not_image", "decode_error",
               "too_small", "too_large", "private_address", "redirect_loop", "bad_scheme", "aspect_ratio")
@@ -52,7 +55,6 @@ CHUNK = 1 << 16
 MAX_HOSTS = 20_000  # per-host state (robots.txt, gates) kept per worker
 MAX_IDLE_CONNECTIONS = 128  # kept-alive sockets per worker, all hosts together
 IDLE_SECONDS = 20.0  # servers close idle keep-alive connections; do not reuse older ones
-METADATA_HOSTS = frozenset({"169.254.169.254", "fd00:ec2::254", "100.100.100.200", "169.254.170.2"})
 
 
 def is_transient(reason: str) -> bool:
@@ -188,7 +190,10 @@ class Fetcher:
                 location = headers.get("Location")
                 if not location:
                     raise FetchError("redirect_loop", "no_location")
-                url = urllib.parse.urljoin(url, location.strip())
+                try:
+                    url = urllib.parse.urljoin(url, location.strip())
+                except ValueError:  # "http://[zz/": a bracketed host that is no IPv6 address
+                    raise FetchError("bad_scheme", "malformed") from None
                 if url in seen:
                     raise FetchError("redirect_loop")
                 seen.add(url)
@@ -236,6 +241,10 @@ class Fetcher:
             if conn is not None:
                 conn.close()
             raise FetchError("connect", "tls") from None
+        except http.client.IncompleteRead:  # a chunked body cut off
+            if conn is not None:
+                conn.close()
+            raise FetchError("connect", "incomplete") from None
         except ValueError:  # http.client.InvalidURL and friends: characters no request may hold
             if conn is not None:
                 conn.close()
@@ -295,6 +304,8 @@ class Fetcher:
             if size > max_bytes:
                 raise FetchError("too_large", "bytes")
             chunks.append(chunk)
+        if response.length:  # closed before the Content-Length it declared: worth asking again
+            raise FetchError("connect", "incomplete")
         response.close()  # the body is complete: the connection may serve the next request
         return b"".join(chunks)
 
@@ -394,9 +405,7 @@ class Fetcher:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
         if (str(ip), port) in self.policy.private_allowlist:
             return True
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        return ip.is_global and not ip.is_multicast and str(ip) not in METADATA_HOSTS
+        return is_public(address)  # IPv6 forms that embed an IPv4 address judged by that address
 
     # ---------------------------------------------------------------- robots.txt
 

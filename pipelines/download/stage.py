@@ -8,11 +8,13 @@ body is read, per-host concurrency and spacing, ``Retry-After``, bounded retries
 transient failures only, and refusal of private, loopback, link-local and metadata
 addresses after DNS and after every redirect. Around both, this stage adds a batch
 deadline (a hanging host cannot stall the end of a run: what did not finish is
-``download:timeout``), a decompression-bomb guard (pixel count from the header before
+``download:timeout``), a decompression-bomb guard (the header's pixel count against
+``max_pixels`` and against what the bytes received can encode, ``download.budget``, before
 decoding), a sniff for HTML served as an image, and a check for truncated files that
 decoders would silently pad.
 
-Failure ledger (``reject`` = ``download:<category>[=detail]``): dns, connect, timeout,
+Failure ledger (``reject`` = ``download:<category>[=detail]``): dns, connect
+(``connect=incomplete``: the body ended before its Content-Length, retried), timeout,
 http_4xx (``http_4xx=429`` when rate limited), http_5xx, opt_out, not_image,
 decode_error, too_small, too_large, private_address, redirect_loop, bad_scheme,
 aspect_ratio. ``curate retry OUT`` re-fetches the transient ones.
@@ -36,6 +38,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field, field_validator
 
+from clipcurate.pipelines.download.budget import holds_pixels
 from clipcurate.pipelines.stage import Resources, Stage, StageConfig, kept_mask, reject_rows, set_column
 
 DIRECTIVES = ("noai", "noimageai", "noindex", "noimageindex")
@@ -183,7 +186,8 @@ def categorize_resize_error(err: str) -> str:
 
 def _check_image(data: bytes, max_pixels: int, max_area: float) -> str | None:
     """Before a full decode: a document that is not an image, a pixel count from the header
-    beyond the bomb guard, or a file cut off in transfer."""
+    beyond the bomb guard or beyond what the bytes can encode (``budget``), or a file cut
+    off in transfer."""
     from PIL import Image, UnidentifiedImageError
 
     if looks_like_text(data):
@@ -193,11 +197,12 @@ def _check_image(data: bytes, max_pixels: int, max_area: float) -> str | None:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as header:  # lazy: reads the header only
                 width, height = header.size
+                fmt = header.format
     except Image.DecompressionBombError:
         return "too_large=pixels"
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         return "decode_error"
-    if width * height > max_pixels:
+    if width * height > max_pixels or not holds_pixels(data, fmt, width, height):
         return "too_large=pixels"
     if width * height > max_area:
         return "too_large"

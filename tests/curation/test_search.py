@@ -140,6 +140,57 @@ def test_every_index_kind_agrees_with_brute_force():
         assert recall >= floor, (kind, recall)
 
 
+def _copy_run(run_dir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    build_index(str(copy), log=lambda *_: None)
+    return copy
+
+
+def test_an_index_file_declaring_more_than_it_holds_is_refused_with_bounded_memory(run_dir, tmp_path):
+    import psutil
+    from hostile_models import faiss_header_declaring
+
+    run = _copy_run(run_dir, tmp_path)
+    (run / "index" / "image.faiss").write_bytes(faiss_header_declaring(32, 750_000_000))
+    before = psutil.Process().memory_info().rss
+    with pytest.raises(UserError, match="declares more memory than it contains"):
+        open_index(str(run))
+    assert psutil.Process().memory_info().rss - before < 200 << 20
+    index = json.loads((run / "index" / "index.json").read_text())
+    (run / "index" / "index.json").write_text(json.dumps({**index, "rows": 5}))
+    build_index(str(run), force=True, log=lambda *_: None)
+    (run / "index" / "index.json").write_text(json.dumps({**json.loads((run / "index" / "index.json").read_text()),
+                                                          "rows": 5}))
+    with pytest.raises(UserError, match="index.json says 5"):
+        open_index(str(run))
+
+
+def test_search_checks_the_indexs_model_before_loading_any_model(run_dir, tmp_path):
+    from hostile_models import remote_code_checkpoint
+
+    from clipcurate.curation.search import search_run
+    from clipcurate.train.clip_model import model_fingerprint
+
+    run = _copy_run(run_dir, tmp_path)
+    marker = tmp_path / "MARKER"
+    hostile = remote_code_checkpoint(tmp_path / "hostile", marker)
+    info_path = run / "index" / "index.json"
+    info = json.loads(info_path.read_text())
+    # index.json names the hostile folder under the run's own digest: refused before loading
+    info_path.write_text(json.dumps({**info, "model": f"{hostile}|None|{info['model'].rsplit('|', 1)[1]}"}))
+    with pytest.raises(UserError, match="model mismatch"):
+        search_run(str(run), text="stripes")
+    assert not marker.exists()
+    # index.json and the shards disagree about the model: refused before loading
+    info_path.write_text(json.dumps({**info, "model": model_fingerprint(hostile)}))
+    with pytest.raises(UserError, match="index.json names the model"):
+        search_run(str(run), text="stripes")
+    assert not marker.exists()
+
+
 def test_a_query_model_other_than_the_index_model_is_refused(run_dir, model, tmp_path, capsys):
     import shutil
 

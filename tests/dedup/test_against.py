@@ -12,10 +12,16 @@ from clipcurate.dedup.semantic import SemanticDedup, greedy_semdedup
 from clipcurate.pipelines.release import RELEASE_UID_PREFIX
 
 
-def release_table(uids, images=None, captions=None, **columns) -> pa.Table:
-    n = len(uids)
-    table = {"uid": pa.array(uids, pa.string()),
-             "caption": pa.array(captions or [f"release caption {u}" for u in uids], pa.string()),
+def uid(name: str) -> str:
+    """``name`` as a uid of make_uid's form (a release's uids are checked when it is read),
+    still readable in a failing assertion."""
+    return name.encode().hex().ljust(32, "0")
+
+
+def release_table(names, images=None, captions=None, **columns) -> pa.Table:
+    n = len(names)
+    table = {"uid": pa.array([uid(u) for u in names], pa.string()),
+             "caption": pa.array(captions or [f"release caption {u}" for u in names], pa.string()),
              "image": pa.array(images or [None] * n, pa.binary())}
     return pa.table({**table, **columns})
 
@@ -24,7 +30,7 @@ def test_exact_names_the_release_uid_derives_once_and_caches(run_global, images,
                                                              release_context, tmp_path):
     context = release_context(release_table(["r0", "r1", "r2"], [images.png(0), images.png(1), images.png(2)]))
     pool = make_pool(
-        ["n_copy", "r1", "n_new", "n_new2", "n_other"],  # "r1": the same url + caption re-crawled (same uid)
+        ["n_copy", uid("r1"), "n_new", "n_new2", "n_other"],  # "r1": the same url + caption re-crawled (same uid)
         images=[images.png(0), images.png(1), images.png(50), images.png(50), images.png(51)],
         scores=[0.9, 0.9, 0.2, 0.1, 0.5],  # a higher score never lets a new row replace a release row
     )
@@ -32,17 +38,17 @@ def test_exact_names_the_release_uid_derives_once_and_caches(run_global, images,
     stage.context = context
     out = run_global(stage, pool)
     assert reasons_of(out) == {
-        "n_copy": "dedup_exact:duplicate_of_release=r0",
-        "r1": "dedup_exact:duplicate_of_release=r1",
+        "n_copy": f"dedup_exact:duplicate_of_release={uid('r0')}",
+        uid("r1"): f"dedup_exact:duplicate_of_release={uid('r1')}",
         "n_new": None,
         "n_new2": "dedup_exact:duplicate_of=n_new",
         "n_other": None,
     }
     assert stage.summary()["duplicates_of_release"] == {context.releases[0].location: 2}
     assert stage.stats()["duplicates"].to_pylist() == [  # release: index of the --against release
-        {"uid": "n_copy", "duplicate_of": "r0", "release": 0},
+        {"uid": uid("r1"), "duplicate_of": uid("r1"), "release": 0},
+        {"uid": "n_copy", "duplicate_of": uid("r0"), "release": 0},
         {"uid": "n_new2", "duplicate_of": "n_new", "release": None},
-        {"uid": "r1", "duplicate_of": "r1", "release": 0},
     ]
 
     # the release's shards held no pixel hashes: derived once, cached outside the release
@@ -67,8 +73,8 @@ def test_perceptual_reads_stored_hashes_and_catches_reencodes(run_global, images
     stage = PerceptualDedup()
     stage.context = context
     out = run_global(stage, pool)
-    assert reasons_of(out) == {"n_jpeg": "dedup_perceptual:duplicate_of_release=r10",
-                               "n_resized": "dedup_perceptual:duplicate_of_release=r11", "n_new": None}
+    assert reasons_of(out) == {"n_jpeg": f"dedup_perceptual:duplicate_of_release={uid('r10')}",
+                               "n_resized": f"dedup_perceptual:duplicate_of_release={uid('r11')}", "n_new": None}
     assert not (tmp_path / "cache").exists()  # stored pHash/dHash were used as they are
 
 
@@ -86,7 +92,7 @@ def test_minhash_pairs_against_release(run_global, images, make_pool, reasons_of
     stage.context = context
     out = run_global(stage, pool)
     assert reasons_of(out) == {
-        "n_repost": "dedup_minhash:duplicate_of_release=r_bike",  # caption Jaccard 12/14, image re-encoded
+        "n_repost": f"dedup_minhash:duplicate_of_release={uid('r_bike')}",  # caption Jaccard 12/14, image re-encoded
         "n_template": None,  # the same caption on another picture is another pair
         "n_new": None,
     }
@@ -110,7 +116,7 @@ def test_semantic_keeps_release_points_and_names_them(run_global, make_pool, rea
     stage = SemanticDedup(eps=0.05, num_clusters=1)
     stage.context = context
     out = run_global(stage, pool)
-    assert reasons_of(out) == {"n_b": "dedup_semantic:duplicate_of_release=r_b", "n_c": None,
+    assert reasons_of(out) == {"n_b": f"dedup_semantic:duplicate_of_release={uid('r_b')}", "n_c": None,
                                "n_c2": "dedup_semantic:duplicate_of=n_c", "n_d": None}
 
 
@@ -156,8 +162,8 @@ def test_semantic_refuses_a_release_embedded_by_another_model(run_global, make_p
     stage.context = release_context(named(release_table(["r0", "r1"], clip_image_emb=emb), "local-dir:/x|None|aaaa"),
                                     name="same")
     out = run_global(stage, pool)
-    assert out.column("reject").to_pylist() == ["dedup_semantic:duplicate_of_release=r0",
-                                                "dedup_semantic:duplicate_of_release=r1"]
+    assert out.column("reject").to_pylist() == [f"dedup_semantic:duplicate_of_release={uid('r0')}",
+                                                f"dedup_semantic:duplicate_of_release={uid('r1')}"]
 
 
 def test_release_uids_never_leak_into_the_lookup(run_global, images, make_pool, release_context):

@@ -42,6 +42,25 @@ def png_bomb_header(width=50_000, height=50_000) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
 
 
+def jpeg_bomb_header(width=9000, height=9000) -> bytes:
+    """A whole 16 x 16 JPEG whose frame header claims ``width`` x ``height``: libjpeg
+    decodes it to a grey image of that size (warning only) and the file still ends in EOI."""
+    data = bytearray(jpeg((16, 16)))
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def gif_bomb_header(width=9000, height=9000) -> bytes:
+    """A 16 x 16 GIF frame on a logical screen of ``width`` x ``height``: decoders allocate
+    and fill the whole screen."""
+    buffer = io.BytesIO()
+    Image.new("P", (16, 16), 1).save(buffer, format="GIF")
+    data = bytearray(buffer.getvalue())
+    data[6:10] = struct.pack("<HH", width, height)
+    return bytes(data)
+
+
 # ---------------------------------------------------------------- behaviours
 
 
@@ -65,6 +84,11 @@ def hang():
 def partial(headers: dict, declared: int, sent: bytes):
     """Headers announcing ``declared`` bytes, then ``sent`` and silence."""
     return ("partial", headers, declared, sent)
+
+
+def cut_short(body: bytes, sent: int, content_type: str = "image/jpeg"):
+    """``Content-Length`` of the whole ``body``, then its first ``sent`` bytes and a close."""
+    return ("cut", body, sent, content_type)
 
 
 def drip(body: bytes, every: float = 0.2, content_type: str = "image/jpeg"):
@@ -159,6 +183,16 @@ class HostileWeb(LoopbackServer):
                     self.wfile.write(sent)
                     self.wfile.flush()
                     web._stop.wait()
+                    self.close_connection = True
+                    return
+                if kind == "cut":
+                    _, body, sent, content_type = behaviour
+                    self.send_response(200)
+                    self.send_header("Content-Type", content_type)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body[:sent])
+                    self.wfile.flush()
                     self.close_connection = True
                     return
                 if kind == "drip":

@@ -6,7 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from clipcurate.pipelines.recipe import load_recipe
+from clipcurate.pipelines import recipe as recipe_module
+from clipcurate.pipelines.errors import RecipeError
+from clipcurate.pipelines.recipe import build_stages, load_recipe
+from clipcurate.pipelines.stage import Stage, StageConfig
 
 RECIPES = sorted((Path(__file__).parents[2] / "pipelines" / "recipes").glob("*.yaml"))
 
@@ -41,3 +44,46 @@ def _head_files(folder: Path) -> dict[str, str]:
         files[f"{name.upper()}_HEAD"] = save_head(Head(HeadNet(["linear:768:1"]), ["linear:768:1"], metadata),
                                                   folder / f"{name}.head.pt")
     return {name: str(path) for name, path in files.items()}
+
+
+@pytest.mark.parametrize(
+    "stages, message",
+    [
+        ("  - download: {}\n  - basic_filter: {}\n  - download: {image_size: 128}\n",
+         r"r.yaml: stages\[2\].download: listed again after stages\[0\]; a recipe has one download stage"),
+        ("  - download: {}\n  - basic_filter: {}\n  - basic_filter: {}\n",
+         r"r.yaml: stages\[2\].basic_filter: same parameters as stages\[1\]; a repeated stage needs different"),
+        ("  - download: {}\n  - language_filter: {keep_languages: [en]}\n  - language_filter: {keep_languages: [en]}\n",
+         r"stages\[2\].language_filter: same parameters as stages\[1\]"),
+    ],
+)
+def test_a_stage_listed_twice_to_no_purpose_is_refused(tmp_path, stages, message):
+    """Two downloads would fetch every URL twice; an identical repeat only costs time."""
+    path = tmp_path / "r.yaml"
+    path.write_text("stages:\n" + stages)
+    with pytest.raises(RecipeError, match=message):
+        load_recipe(path)
+
+
+def test_a_stage_repeated_with_other_parameters_gets_its_own_label(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("stages:\n  - download: {}\n  - language_filter: {keep_languages: [en]}\n"
+                    "  - language_filter: {keep_languages: [en, de]}\n")
+    _, stages = load_recipe(path)
+    assert [s.label for s in stages] == ["download", "language_filter", "language_filter_2"]
+
+
+class _Scored(Stage):
+    class Config(StageConfig):
+        min_score: float = 0.0
+        batch_size: int = 64
+
+    name = "scored"
+    speed_params = ("batch_size",)
+
+
+def test_a_repeat_that_differs_only_in_speed_is_refused(monkeypatch):
+    monkeypatch.setattr(recipe_module, "stage_class", lambda name: _Scored)
+    with pytest.raises(RecipeError, match=r"stages\[1\].scored: same parameters as stages\[0\]"):
+        build_stages([{"scored": {}}, {"scored": {"batch_size": 512}}])
+    assert [s.label for s in build_stages([{"scored": {}}, {"scored": {"min_score": 0.3}}])] == ["scored", "scored_2"]
