@@ -166,9 +166,7 @@ def datacomp_to_uids(array: np.ndarray) -> list[str]:
 def write_uid_file(source: Storage, shards: list[str], output: str) -> dict:
     if not str(output).endswith(".npy"):
         raise UserError(f"--output {output}: a uid subset file is a .npy file (e.g. subset.npy)")
-    columns = [_uid_column(source, p) for p in shards]
-    for path, column in zip(shards, columns):
-        check_uids(column, source.uri(path))
+    columns = [source.read_uids(p) for p in shards]
     uids = pa.chunked_array(columns, type=pa.string()) if shards else pa.chunked_array([], pa.string())
     array = uids_to_datacomp(uids)
     if len(array) > 1 and not np.all(array[1:] != array[:-1]):
@@ -190,15 +188,7 @@ def check_shard_uids(source: Storage, shards: list[str]) -> None:
     """Refuse shards whose uids could not be member names, before any tar is written (one
     read of each shard's uid column, on the driver, so the error is the user's one line)."""
     for path in shards:
-        check_uids(_uid_column(source, path), source.uri(path))
-
-
-def _uid_column(source: Storage, path: str) -> pa.ChunkedArray:
-    with source.fs.open_input_file(path) as handle:
-        parquet = pq.ParquetFile(handle)
-        if "uid" not in parquet.schema_arrow.names:
-            raise UserError(f"{source.uri(path)}: no uid column (a shard of 'curate run' has one)")
-        return parquet.read(columns=["uid"]).column("uid")
+        source.read_uids(path)
 
 
 # ------------------------------------------------------------------ plan

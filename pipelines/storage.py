@@ -170,6 +170,20 @@ class Storage:
             limits.check_parquet(parquet.metadata, handle.size(), self.uri(path))
             return parquet.read(columns=columns)
 
+    def read_uids(self, path: str) -> pa.ChunkedArray:
+        """A shard's uid column, refused unless every uid has make_uid's form: a uid names
+        files (thumbnails, tar members), and shards come from other people's runs."""
+        from clipcurate.pipelines.stage import check_uids
+
+        with self.fs.open_input_file(path) as handle:
+            parquet = pq.ParquetFile(handle)
+            limits.check_parquet(parquet.metadata, handle.size(), self.uri(path))
+            if "uid" not in parquet.schema_arrow.names:
+                raise UserError(f"{self.uri(path)}: no uid column (a shard of 'curate run' has one)")
+            uids = parquet.read(columns=["uid"]).column("uid")
+        check_uids(uids, self.uri(path))
+        return uids
+
     def read_rows(self, path: str, rows: list[int], columns: list[str]) -> pa.Table:
         """Rows ``rows`` (indices in the file, in that order) of a parquet file, reading
         only the row groups that hold them (an image column stays where it is for the

@@ -25,8 +25,7 @@ from PIL import Image, UnidentifiedImageError
 
 from clipcurate.curation.audit.remote import read_images, source_of
 from clipcurate.curation.audit.stats import Run
-from clipcurate.pipelines.errors import UserError
-from clipcurate.pipelines.stage import check_uids
+from clipcurate.pipelines.storage import Storage
 
 THUMB_PX = 176
 
@@ -96,10 +95,7 @@ def check_shard_uids(run: Run) -> None:
     """Refuse the run when a kept uid could not name a thumbnail file (one pass over
     each shard's uid column)."""
     for path in run.shards:
-        parquet = pq.ParquetFile(path)
-        if "uid" not in parquet.schema_arrow.names:
-            raise UserError(f"{path}: no uid column (a shard of 'curate run' has one)")
-        check_uids(parquet.read(columns=["uid"]).column("uid"), str(path))
+        Storage.at(Path(path).parent).read_uids(str(path))
 
 
 def _present(columns: list[str], schema: dict) -> list[pl.Expr]:
