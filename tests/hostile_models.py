@@ -34,7 +34,10 @@ def remote_code_checkpoint(folder: Path, marker: Path) -> Path:
         "auto_map": {"AutoTokenizer": ["tokenization_payload.PayloadTokenizer", None]}}))
     (folder / "tokenization_payload.py").write_text(
         f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n"
-        "from transformers import BertTokenizer as PayloadTokenizer\n")
+        "from transformers import BertTokenizer\n"
+        # a subclass of its own: transformers marks a remote class for auto-saving, and
+        # marking BertTokenizer itself would change how every later test saves one
+        "class PayloadTokenizer(BertTokenizer):\n    pass\n")
     return folder
 
 
