@@ -8,6 +8,7 @@ memory past the budget is counted and saved (pickled) under ``--failures`` for
 unaccounted (all three must be 0) and memory blow-ups.
 
     .venv/bin/python bench/fuzz.py [--cases 10000] [--targets readers,recipes,download]
+    .venv/bin/python bench/fuzz.py --cases readers=4500,recipes=4500,download=1000
     .venv/bin/python bench/fuzz.py --replay bench/out/fuzz/recipes-1-0003.pickle
 """
 
@@ -40,7 +41,9 @@ KINDS = ("traceback", "hang", "unaccounted", "memory")
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", type=int, default=10_000, help="cases in total, split evenly over the targets")
+    parser.add_argument("--cases", default="10000",
+                        help="cases in total, split evenly over the targets, or per target: "
+                             "readers=4500,recipes=4500,download=1000 (a download case waits on timeouts)")
     parser.add_argument("--targets", default=",".join(TARGETS), help="comma-separated subset of " + ", ".join(TARGETS))
     parser.add_argument("--seed", type=int, default=0, help="hypothesis seed (the same seed draws the same cases)")
     parser.add_argument("--jobs", type=int, default=6,
@@ -54,12 +57,16 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(chosen) - set(TARGETS))
     if unknown:
         parser.error(f"unknown targets: {', '.join(unknown)}")
+    try:
+        args.cases = _shares(args.cases, chosen)
+    except ValueError as err:
+        parser.error(str(err))
     if args.replay or args.worker:
         with tempfile.TemporaryDirectory() as scratch:
             with targets.recipe_env(Path(scratch) / "env"):
                 if args.replay:
                     return _replay(Path(args.replay), Path(scratch))
-                report = _fuzz(chosen[0], args.cases, args.seed, Path(args.failures), Path(scratch))
+                report = _fuzz(chosen[0], args.cases[chosen[0]], args.seed, Path(args.failures), Path(scratch))
         print(json.dumps(report))
         return 0
     started = time.monotonic()
@@ -77,13 +84,24 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if not any(summary[k] for k in ("tracebacks", "hangs", "unaccounted", "memory")) else 1
 
 
+def _shares(text: str, chosen: list[str]) -> dict[str, int]:
+    """``--cases`` as cases per target: a total split evenly, or ``target=n,...``."""
+    if "=" not in text:
+        share, extra = divmod(int(text), len(chosen))
+        return {t: share + (i < extra) for i, t in enumerate(chosen)}
+    given = {name.strip(): int(n) for name, n in (item.split("=", 1) for item in text.split(",") if item)}
+    if set(given) - set(chosen):
+        raise ValueError(f"--cases names targets not chosen: {', '.join(sorted(set(given) - set(chosen)))}")
+    chosen[:] = [t for t in chosen if given.get(t)]
+    return {t: given[t] for t in chosen}
+
+
 def _in_workers(chosen: list[str], args) -> dict:
     """Each target's share of the cases split over ``--jobs`` processes with seeds
     ``seed * 1000 + part``; their reports summed per target."""
     parts = []
-    share, extra = divmod(args.cases, len(chosen))
-    for i, target in enumerate(chosen):
-        cases = share + (i < extra)
+    for target in chosen:
+        cases = args.cases[target]
         split = max(1, min(args.jobs, cases))
         parts += [(target, cases // split + (j < cases % split), args.seed * 1000 + j) for j in range(split)]
 

@@ -37,6 +37,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from clipcurate.pipelines.errors import RecipeError, UserError
+from clipcurate.pipelines.limits import read_json
 from clipcurate.pipelines import fingerprint as fp
 from clipcurate.pipelines.readers import files_fingerprint
 from clipcurate.pipelines.recipe import Recipe, expand_env, parse_recipe
@@ -240,7 +241,7 @@ class Segments:
             self.log(f"  running {label} ...")
             recipe, stages = parse_recipe({**settings, "name": label, "stages": [entry]}, source=label)
             run_pipeline(recipe, stages, source, str(folder), self.options)
-        self.manifests[key] = json.loads(manifest.read_text())
+        self.manifests[key] = read_json(manifest)
         return folder
 
 
@@ -365,7 +366,7 @@ def _train_eval(final: Path, experiment: Experiment, seed: int, folder: Path, lo
 
     done = folder / "result.json"
     if done.exists():
-        cached = json.loads(done.read_text())
+        cached = read_json(done)
         if cached.get("data") == str(final) and cached.get("train") == experiment.train.model_dump():
             return cached  # the same shards and budget: the figures stand
     shutil.rmtree(folder, ignore_errors=True)

@@ -266,7 +266,7 @@ def _resume(out: Storage, identity: dict, force: bool):
     """(the finished manifest of this plan or None, the tars already written {name: entry})."""
     work = out.path(WORK)
     if out.exists(out.path("manifest.json")):
-        manifest = json.loads(out.read_bytes(out.path("manifest.json")))
+        manifest = out.read_json(out.path("manifest.json"))
         if manifest.get("plan") == identity["digest"] and not force:
             return manifest, {}
         if not force:
@@ -274,7 +274,7 @@ def _resume(out: Storage, identity: dict, force: bool):
                             f"or another --output")
     recorded = out.path(WORK, "plan.json")
     if out.exists(recorded):
-        previous = json.loads(out.read_bytes(recorded))
+        previous = out.read_json(recorded)
         if previous.get("digest") != identity["digest"]:
             if not force:
                 raise UserError(f"{out.uri()} holds an unfinished export of other shards or options; give --force "
@@ -290,7 +290,7 @@ def _resume(out: Storage, identity: dict, force: bool):
     done = {}
     for path in out.list_files(work, ".json"):
         if posixpath.basename(path) != "plan.json":
-            entry = json.loads(out.read_bytes(path))
+            entry = out.read_json(path)
             done[entry["name"]] = entry
     return None, done
 

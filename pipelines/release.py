@@ -105,18 +105,17 @@ def open_release(location: str) -> Release:
     path = store.path("manifest.json")
     if not store.exists(path):
         raise UserError(f"--against {location}: no manifest.json (give the output folder of a finished 'curate run')")
-    raw = store.read_bytes(path)
     try:
-        manifest = json.loads(raw)
-    except json.JSONDecodeError as err:
-        raise UserError(f"--against {location}: manifest.json is not valid JSON ({err})") from None
+        manifest = store.read_json(path)
+    except UserError as err:
+        raise UserError(f"--against {location}: {err}") from None
     if "preview" in manifest:
         raise UserError(f"--against {location}: a --sample preview is not a release")
     for entry in manifest.get("shards", []):
         shard = store.path(entry["path"])
         if not store.exists(shard) or store.size(shard) != entry["bytes"]:
             raise UserError(f"--against {location}: {entry['path']} is missing or changed since the release was written")
-    return Release(location=str(location), digest=hashlib.blake2b(raw, digest_size=10).hexdigest(),
+    return Release(location=str(location), digest=hashlib.blake2b(json.dumps(manifest, sort_keys=True).encode(), digest_size=10).hexdigest(),
                    manifest=manifest)
 
 

@@ -24,7 +24,6 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
-import json
 import logging
 import os
 import posixpath
@@ -234,7 +233,7 @@ def _clear(out: Storage) -> None:
 def _finished(out: Storage, fingerprint: dict) -> dict:
     """A finished output: the same input and recipe is nothing to do; anything else is
     refused (a finished run is a published result: only --force replaces it)."""
-    manifest = json.loads(out.read_bytes(out.path("manifest.json")))
+    manifest = out.read_json(out.path("manifest.json"))
     recorded = manifest.get("fingerprint")
     if recorded == fingerprint:
         return manifest | {"resume": {"finished": True}}
@@ -254,7 +253,7 @@ def _check_recipe(work: Storage, fingerprint: dict, on_change: str) -> dict:
     path = work.path(RUN_FILE)
     resume: dict = {}
     if work.exists(path):
-        recorded = json.loads(work.read_bytes(path))
+        recorded = work.read_json(path)
         changed = fp.first_change(recorded["stages"], fingerprint["stages"]) \
             if recorded["input"] == fingerprint["input"] else None
         if changed is None and recorded.get("seed") != fingerprint["seed"]:
@@ -272,7 +271,7 @@ def _check_phase1_fingerprint(work: Storage, phase1_dir: str, chain: list[dict])
     """Phase-1 blocks made by other phase-1 stages (the download's parameters changed)
     are dropped: they are not this recipe's work."""
     path = posixpath.join(phase1_dir, PHASE1_FILE)
-    if work.exists(path) and json.loads(work.read_bytes(path)) == chain:
+    if work.exists(path) and work.read_json(path) == chain:
         return {}
     stale = work.list_files(phase1_dir, ".parquet")
     work.rmtree(phase1_dir)

@@ -10,7 +10,6 @@ store, ``s3://bucket/ckpt``, which rank 0 publishes to as it saves).
 
 from __future__ import annotations
 
-import json
 import posixpath
 from pathlib import Path
 
@@ -34,7 +33,7 @@ def fit_with_ray(config: TrainConfig) -> TrainResult:
                              storage_filesystem=output.fs),
     )
     trainer.fit()
-    state = json.loads(output.read_bytes(output.path(STATE_JSON)))  # rank 0's final summary
+    state = output.read_json(output.path(STATE_JSON))  # rank 0's final summary
     return TrainResult(output=config.output if is_uri(config.output) else Path(config.output),
                        step=state["step"], loss=state["loss"],
                        samples_per_s=state["samples_per_s"], wall_s=state["wall_s"])

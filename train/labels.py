@@ -33,6 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from clipcurate.pipelines.errors import UserError
+from clipcurate.pipelines.limits import read_json
 
 NAME_COLUMNS = ("class_name", "label_name", "classname", "label_text", "class_label")
 
@@ -132,7 +133,7 @@ def _read_table(source) -> tuple[pa.Table, list[str] | None]:
     """The rows and, when the source is a Hugging Face set, its ClassLabel names."""
     path = Path(source)
     if path.is_dir() and (path / "dataset_dict.json").is_file():
-        splits = json.loads((path / "dataset_dict.json").read_text()).get("splits", [])
+        splits = read_json(path / "dataset_dict.json").get("splits", [])
         raise UserError(f"{source} is a Hugging Face DatasetDict; name one split's folder "
                         f"({', '.join(str(path / s) for s in splits)})")
     if path.is_dir() and (path / "state.json").is_file() and (path / "dataset_info.json").is_file():

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from clipcurate.pipelines.errors import UserError
+from clipcurate.pipelines.limits import read_json
 from clipcurate.pipelines.stage import check_uids
 from clipcurate.pipelines.storage import Storage, cache_dir
 
@@ -98,4 +99,4 @@ def _copy_without_images(store: Storage, path: str, target: Path) -> None:
 
 def _read_source(local: Path) -> dict:
     path = local / SOURCE
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return read_json(path) if path.is_file() else {}

@@ -16,7 +16,6 @@ the manifest carried them get them too; stage costs and phase times are the mani
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ import pyarrow.parquet as pq
 
 from clipcurate.curation.audit.against import compare_with_releases
 from clipcurate.pipelines.errors import UserError
+from clipcurate.pipelines.limits import read_json
 from clipcurate.pipelines.manifest import flag_stages
 from clipcurate.pipelines.recipe import WARN_REJECT_SHARE
 from clipcurate.pipelines.stage import parse_reject, reject_parts
@@ -68,10 +68,7 @@ def open_run(out: str | Path) -> Run:
     manifest_path = out / "manifest.json"
     if not manifest_path.is_file():
         raise UserError(f"{out}: no manifest.json (is this the output folder of 'curate run'?)")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as err:
-        raise UserError(f"{manifest_path}: not valid JSON ({err})") from None
+    manifest = read_json(manifest_path)
     shards = _files(out, manifest, "shards")
     rejects = _files(out, manifest, "rejects")
     kept_schema, reject_schema = _schema(shards), _schema(rejects)

@@ -14,7 +14,6 @@ Steps are recorded in ``OUT/_work/retry.json`` so an interrupted retry resumes w
 from __future__ import annotations
 
 import argparse
-import json
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -61,7 +60,7 @@ def _retry(args: argparse.Namespace, out: Storage) -> int:
     plan_path, uids_path = work.path(PLAN), work.path(UIDS)
     manifest_path = out.path("manifest.json")
     if out.exists(manifest_path):
-        manifest = json.loads(out.read_bytes(manifest_path))
+        manifest = out.read_json(manifest_path)
         plan = {
             "recipe": manifest["recipe"],
             "recipe_path": manifest.get("recipe_path"),
@@ -70,7 +69,7 @@ def _retry(args: argparse.Namespace, out: Storage) -> int:
             "step": "select",
         }
     elif out.exists(plan_path):
-        plan = json.loads(out.read_bytes(plan_path))
+        plan = out.read_json(plan_path)
         print(f"resuming an interrupted retry of {out.uri()}")
     else:
         raise UserError(f"{out.uri()}: no manifest.json, so not a finished run (finish it with 'curate run' first)")
