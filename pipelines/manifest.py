@@ -7,8 +7,9 @@ invariant ``input = kept + rejected`` and uid uniqueness are checked here.
 Each stage entry also says what the stage cost (``cost``: worker-seconds, CPU and GPU
 seconds, rows per worker-second, share of all stages' time) and, when it removed more
 than the recipe's ``warn_reject_share`` of the rows it received, why (``warning``); the
-top-level ``warnings`` lists those one per line. ``project_full_run`` turns a preview's
-costs into an estimate of the full input's wall time.
+top-level ``warnings`` lists those one per line; ``retryable`` counts the downloads that
+failed for a reason that may pass, which the funnel hands to ``curate retry``.
+``project_full_run`` turns a preview's costs into an estimate of the full input's wall time.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import json
 import posixpath
 from collections import Counter
 
+from clipcurate.pipelines.download.fetch import is_transient
 from clipcurate.pipelines.recipe import Recipe
 from clipcurate.pipelines.stage import REJECT, Stage, parse_reject
 from clipcurate.pipelines.storage import Storage
@@ -36,7 +38,7 @@ def build_manifest(*, output: Storage, recipe: Recipe, stages: list[Stage], inde
     the run had (executor, cpus, gpus)."""
     shards = [_file_entry(output, "shards", f) for f in _names(output, "shards")]
     rejects = [_file_entry(output, "rejects", f) for f in _names(output, "rejects")]
-    reasons: Counter[str] = Counter()
+    rejects_seen: Counter[str] = Counter()  # whole reject strings, details included
     uids: set[str] = set()
     rows_seen = 0
     for folder, entries in (("shards", shards), ("rejects", rejects)):
@@ -46,8 +48,10 @@ def build_manifest(*, output: Storage, recipe: Recipe, stages: list[Stage], inde
             uids.update(table.column("uid").to_pylist())
             rows_seen += table.num_rows
             if folder == "rejects":
-                # dedup_exact:duplicate_of=<uid> counts under dedup_exact:duplicate_of
-                reasons.update(parse_reject(r).reason for r in table.column(REJECT).to_pylist())
+                rejects_seen.update(table.column(REJECT).to_pylist())
+    reasons: Counter[str] = Counter()  # dedup_exact:duplicate_of=<uid> counts under dedup_exact:duplicate_of
+    for value, n in rejects_seen.items():
+        reasons[parse_reject(value).reason] += n
     kept = sum(e["rows"] for e in shards)
     rejected = sum(e["rows"] for e in rejects)
     if kept + rejected != index["rows"] or len(uids) != rows_seen:
@@ -65,6 +69,7 @@ def build_manifest(*, output: Storage, recipe: Recipe, stages: list[Stage], inde
         "stages": funnel,
         "totals": {"input": index["rows"], "kept": kept, "rejected": rejected},
         "warnings": flag_stages(funnel, recipe.warn_reject_share),
+        "retryable": _retryable(rejects_seen, {s.label for s in stages if s.name == "download"}),
         "shards": shards,
         "rejects": rejects,
         "stats": stats_files,
@@ -72,6 +77,19 @@ def build_manifest(*, output: Storage, recipe: Recipe, stages: list[Stage], inde
         "timing": timing or {},
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def is_retryable(reject: str, download_labels) -> bool:
+    """Whether a reject is a download stage's failure that may pass when asked again
+    (``fetch.is_transient``): the rows ``curate retry`` fetches again."""
+    parsed = parse_reject(reject)
+    return parsed.stage in download_labels and is_transient(reject[len(parsed.stage) + 1:])
+
+
+def _retryable(rejects: Counter, download_labels: set[str]) -> dict:
+    """Rows ``curate retry`` would fetch again, by whole reject string (a 429 apart from a 404)."""
+    found = {value: n for value, n in sorted(rejects.items()) if is_retryable(value, download_labels)}
+    return {"rows": sum(found.values()), "reasons": found}
 
 
 def _funnel(stages: list[Stage], reasons: Counter, total: int, costs: dict[str, dict]) -> list[dict]:
@@ -185,10 +203,11 @@ def format_resume(resume: dict) -> str:
     return "resume: " + ("; ".join(parts) if parts else "fresh run")
 
 
-def format_funnel(manifest: dict) -> str:
+def format_funnel(manifest: dict, output: str = "OUT") -> str:
     """The per-stage funnel as a plain-text table, for the end of a run: rows, the share
     each stage removed (``!``: over warn_reject_share, explained under the table), and its
-    worker-seconds and rows per worker-second, which say which stage to scale."""
+    worker-seconds and rows per worker-second, which say which stage to scale; then the
+    ``curate retry`` hint when some downloads failed for a reason that may pass."""
     lines = [f"{'stage':<22}{'in':>9}{'kept':>9}{'rejected':>10}{'removed':>9}{'worker_s':>10}{'rows/s':>10}"
              f"  reasons"]
     for stage in manifest["stages"]:
@@ -203,10 +222,25 @@ def format_funnel(manifest: dict) -> str:
     lines.append(f"{'total':<22}{totals['input']:>9}{totals['kept']:>9}{totals['rejected']:>10}"
                  f"{_percent(totals['rejected'], totals['input']):>9}{_figure(sum(worker_s) if worker_s else None):>10}")
     lines += [f"! {message}" for message in manifest.get("warnings", [])]
+    hint = retry_hint(manifest, output)
+    if hint:
+        lines.append(hint)
     phases = manifest.get("timing", {}).get("phases_s")
     if phases:
         lines.append(f"wall {manifest['wall_s']:.1f} s: " + ", ".join(f"{k} {v:.1f} s" for k, v in phases.items()))
     return "\n".join(lines)
+
+
+def retry_hint(manifest: dict, output: str = "OUT") -> str | None:
+    """One line naming the transient download failures and the command that fetches only
+    them again; None when there are none (a 404 or an opt-out will not change)."""
+    retryable = manifest.get("retryable") or {}
+    if not retryable.get("rows"):
+        return None
+    reasons = ", ".join(f"{value.split(':', 1)[1]} {n:,}" for value, n in retryable["reasons"].items())
+    rows = retryable["rows"]
+    return (f"retry: {rows:,} download{'s' if rows > 1 else ''} failed for a reason that may pass ({reasons}); "
+            f"`curate retry {output}` fetches only those again")
 
 
 PROJECTION_FORMULA = ("overhead + ratio x (split + write) + sum over stages of ratio x ((worker_s - fit_s) "

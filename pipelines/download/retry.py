@@ -8,20 +8,26 @@ lets the runner's resume do the rest: it re-fetches exactly the rows that are mi
 sends them through the same per-sample stages, then rebuilds shards, rejects and the
 manifest (global stages such as dedup see the recovered rows too). Nothing else is fetched.
 
+What the retry did is read back from the files, in two parts: the download's answer from
+the rewritten phase-1 blocks (downloaded, or failed again by download reason), and, of the
+rows downloaded, which are in the shards and which a later stage removed (by its reason).
+A row missing from the shards is not a failed download.
+
 Steps are recorded in ``OUT/_work/retry.json`` so an interrupted retry resumes when run again.
 """
 
 from __future__ import annotations
 
 import argparse
+from collections import Counter
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from clipcurate.pipelines.errors import UserError
-from clipcurate.pipelines.download.fetch import is_transient
 from clipcurate.pipelines.lock import RunLock
-from clipcurate.pipelines.manifest import format_funnel, write_json_atomic
+from clipcurate.pipelines.manifest import format_funnel, is_retryable, write_json_atomic
 from clipcurate.pipelines.recipe import parse_recipe
 from clipcurate.pipelines.runner import WORK, RunOptions, run_pipeline
 from clipcurate.pipelines.stage import REJECT, parse_reject
@@ -104,12 +110,70 @@ def _retry(args: argparse.Namespace, out: Storage) -> int:
                          num_cpus=args.num_cpus)
     manifest = run_pipeline(recipe, stages, plan["input"], args.output, options,
                             recipe_source=plan.get("recipe_path"))
-    recovered = _count_in(out, out.path("shards"), retry_uids)
+    outcome = retry_outcome(out, phase1, retry_uids, plan["labels"])
     work.fs.delete_file(plan_path)
     work.fs.delete_file(uids_path)
-    print(format_funnel(manifest))
-    print(f"retried {len(retry_uids)} samples: {recovered} recovered, {len(retry_uids) - recovered} failed again")
+    print(format_funnel(manifest, args.output))
+    print(outcome.format())
     return 0
+
+
+@dataclass
+class RetryOutcome:
+    """What became of the re-fetched rows: the download's answer apart from what the
+    stages after it decided."""
+
+    fetched: int = 0
+    downloaded: int = 0
+    kept: int = 0
+    removed: Counter = field(default_factory=Counter)  # "<stage>:<reason>" -> rows, of the downloaded
+    failed: Counter = field(default_factory=Counter)  # "<download label>:<reason>[=detail]" -> rows
+
+    def format(self) -> str:
+        removed = sum(self.removed.values())
+        lines = [f"retry: re-fetched {self.fetched:,} rows",
+                 f"  downloaded OK {self.downloaded:,}: {self.kept:,} kept, {removed:,} removed by later stages"
+                 + (f" ({_counts(self.removed)})" if removed else ""),
+                 f"  failed again {sum(self.failed.values()):,}" + (f" ({_counts(self.failed)})" if self.failed else "")]
+        return "\n".join(lines)
+
+
+def retry_outcome(out: Storage, phase1: str, uids: pa.Array, labels: list[str]) -> RetryOutcome:
+    """Count the retried rows after the rerun: phase-1 blocks say what the download did
+    (no reject, or a reject of a download stage); shards and rejects say where the
+    downloaded rows went."""
+    outcome = RetryOutcome()
+    downloaded: list[pa.Array] = []
+    for table in _rows_of(out, phase1, uids, [REJECT]):
+        outcome.fetched += table.num_rows
+        rejects = table.column(REJECT)
+        failed = pc.fill_null(pc.is_in(rejects, value_set=_download_rejects(rejects, labels)), False)
+        outcome.failed.update(dict(zip(*_value_counts(rejects.filter(failed)))))
+        downloaded.append(table.filter(pc.invert(failed)).column("uid").combine_chunks())
+    ok = pa.concat_arrays(downloaded) if downloaded else pa.array([], pa.string())
+    outcome.downloaded = len(ok)
+    outcome.kept = sum(t.num_rows for t in _rows_of(out, out.path("shards"), ok, []))
+    for table in _rows_of(out, out.path("rejects"), ok, [REJECT]):
+        for value, n in zip(*_value_counts(table.column(REJECT))):
+            outcome.removed[parse_reject(value).reason] += n
+    return outcome
+
+
+def _download_rejects(rejects: pa.ChunkedArray, labels: list[str]) -> pa.Array:
+    """The distinct reject values in ``rejects`` that a download stage wrote."""
+    values = [v for v in pc.unique(rejects).to_pylist() if v is not None]
+    return pa.array([v for v in values if parse_reject(v).stage in labels], pa.string())
+
+
+def _rows_of(store: Storage, folder: str, uids: pa.Array, columns: list[str]):
+    """Each parquet file's rows among ``uids``, with ``uid`` and ``columns``."""
+    for path in store.list_files(folder, ".parquet"):
+        table = store.read_parquet(path, columns=["uid", *columns])
+        yield table.filter(pc.is_in(table.column("uid"), value_set=uids))
+
+
+def _counts(counts: Counter) -> str:
+    return ", ".join(f"{reason}={n:,}" for reason, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 def _transient_rows(work: Storage, phase1: str, labels: list[str]) -> tuple[set[str], dict[str, int]]:
@@ -128,8 +192,7 @@ def _transient_rows(work: Storage, phase1: str, labels: list[str]) -> tuple[set[
 
 def _transient_mask(rejects: pa.ChunkedArray, labels: list[str]) -> pa.ChunkedArray:
     values = [v for v in pc.unique(rejects).to_pylist() if v is not None]
-    parsed = [(v, parse_reject(v)) for v in values]
-    transient = [v for v, r in parsed if r.stage in labels and is_transient(v[len(r.stage) + 1:])]
+    transient = [v for v in values if is_retryable(v, labels)]
     return pc.is_in(rejects, value_set=pa.array(transient, pa.string()))
 
 
@@ -150,11 +213,3 @@ def _drop_rows(work: Storage, phase1: str, uids: pa.Array) -> None:
             work.fs.delete_file(path)
         else:
             work.write_parquet(keep, path)
-
-
-def _count_in(out: Storage, folder: str, uids: pa.Array) -> int:
-    total = 0
-    for path in out.list_files(folder, ".parquet"):
-        column = out.read_parquet(path, columns=["uid"]).column("uid")
-        total += pc.sum(pc.is_in(column, value_set=uids)).as_py() or 0
-    return total

@@ -15,6 +15,7 @@ import pytest
 
 from hostile_web import HostileWeb, hang, image, jpeg, status
 from clipcurate.pipelines.cli import main as curate
+from clipcurate.pipelines.manifest import format_funnel, retry_hint
 from clipcurate.pipelines.recipe import parse_recipe
 from clipcurate.pipelines.runner import RunOptions, run_pipeline
 
@@ -62,6 +63,10 @@ def test_retry_recovers_only_transient_failures(tmp_path, capsys, monkeypatch):
             f"http://127.0.0.1:{down_port}/back.jpg": "download:connect",
         }
         assert first["totals"]["kept"] == 4
+        # the 404 and the robots.txt opt-out will not change; a 429 is counted apart from a 404
+        assert first["retryable"] == {"rows": 5, "reasons": {
+            "download:connect": 1, "download:http_4xx=429": 1, "download:http_5xx": 2, "download:timeout": 1}}
+        assert f"`curate retry {out}` fetches only those again" in format_funnel(first, str(out))
         counts = dict(web.requests)
         assert counts["/busy-0.jpg"] == counts["/slow.jpg"] == 2 and counts["/limited.jpg"] == 1
 
@@ -89,7 +94,7 @@ def test_retry_recovers_only_transient_failures(tmp_path, capsys, monkeypatch):
         after = dict(web.requests)
 
     assert "resuming an interrupted retry" in printed
-    assert "retried 5 samples: 5 recovered, 0 failed again" in printed
+    assert "retry: re-fetched 5 rows\n  downloaded OK 5: 5 kept, 0 removed by later stages\n  failed again 0" in printed
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["totals"] == {"input": len(urls), "kept": 9, "rejected": 2}
     after_kept, after_rejects = _rows(out / "shards"), _rows(out / "rejects")
@@ -109,3 +114,46 @@ def test_retry_recovers_only_transient_failures(tmp_path, capsys, monkeypatch):
 def test_retry_needs_a_finished_run(tmp_path, capsys):
     assert curate(["retry", str(tmp_path / "nowhere")]) == 2
     assert "not a finished run" in capsys.readouterr().err
+
+
+def test_retry_counts_downloads_apart_from_later_removals(tmp_path, capsys):
+    """A row that downloads on retry but a later filter removes is recovered, not failed:
+    the report splits the download's answer from the stages after it."""
+    routes = {
+        "/robots.txt": image(ROBOTS, "text/plain"),
+        "/ok.jpg": image(jpeg()),
+        "/flaky-kept.jpg": status(503), "/flaky-short.jpg": status(503), "/down.jpg": status(503),
+        "/limited.jpg": status(429, {"Retry-After": "3600"}), "/gone.jpg": status(404),
+    }
+    captions = {"/flaky-short.jpg": "two words"}  # basic_filter wants at least 3
+    with HostileWeb(routes) as web:
+        paths = [p for p in routes if p != "/robots.txt"]
+        pool = tmp_path / "pool.parquet"
+        pq.write_table(pa.table({"url": [web.url(p) for p in paths],
+                                 "caption": [captions.get(p, "a long enough caption") for p in paths]}), pool)
+        recipe, stages = parse_recipe({"stages": [
+            {"download": {"image_size": 32, "retries": 0, "max_retry_after": 5,
+                          "private_allowlist": [web.endpoint]}},
+            {"basic_filter": {"min_image_side": 1}}]})
+        out = tmp_path / "out"
+        first = run_pipeline(recipe, stages, str(pool), str(out), RunOptions(inline=True, progress=False))
+        assert retry_hint(first, str(out)) == (
+            f"retry: 4 downloads failed for a reason that may pass (http_4xx=429 1, http_5xx 3); "
+            f"`curate retry {out}` fetches only those again")
+        for path in ("/flaky-kept.jpg", "/flaky-short.jpg", "/limited.jpg"):
+            web.routes[path] = image(jpeg(colour=(0, 200, 0)))
+        assert curate(["retry", str(out), "--inline", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert ("retry: re-fetched 4 rows\n"
+            "  downloaded OK 3: 2 kept, 1 removed by later stages (basic_filter:too_few_words=1)\n"
+            "  failed again 1 (download:http_5xx=1)") in printed
+    assert f"retry: 1 download failed for a reason that may pass (http_5xx 1); `curate retry {out}`" in printed
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["totals"] == {"input": 6, "kept": 3, "rejected": 3}
+    assert manifest["retryable"] == {"rows": 1, "reasons": {"download:http_5xx": 1}}
+
+
+def test_no_retry_hint_without_transient_failures():
+    manifest = {"retryable": {"rows": 0, "reasons": {}}}
+    assert retry_hint(manifest) is None
+    assert retry_hint({}) is None  # a manifest written before the count existed
