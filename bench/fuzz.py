@@ -78,10 +78,11 @@ def main(argv: list[str] | None = None) -> int:
         "outcomes": {t: r["outcomes"] for t, r in report.items()},
         "seconds": round(time.monotonic() - started, 1),
         "failures_saved": args.failures if any(sum(r["failures"].values()) for r in report.values()) else None,
+        "harness_errors": sum(r["harness_errors"] for r in report.values()),
     }
     summary["hangs"] = summary.pop("hang")
     print(json.dumps(summary))
-    return 0 if not any(summary[k] for k in ("tracebacks", "hangs", "unaccounted", "memory")) else 1
+    return 0 if not any(summary[k] for k in ("tracebacks", "hangs", "unaccounted", "memory", "harness_errors")) else 1
 
 
 def _shares(text: str, chosen: list[str]) -> dict[str, int]:
@@ -111,15 +112,18 @@ def _in_workers(chosen: list[str], args) -> dict:
                    "--seed", str(seed), "--failures", args.failures]
         done = subprocess.run(command, capture_output=True, text=True)
         sys.stderr.write(done.stderr[-2000:])
-        if done.returncode != 0:
-            raise RuntimeError(f"fuzz worker {target} seed {seed} failed: {done.stderr[-500:]}")
+        if done.returncode != 0:  # the harness itself broke: counted apart, the other parts go on
+            print(f"fuzz worker {target} seed {seed} failed: {done.stderr[-500:]}", file=sys.stderr, flush=True)
+            return target, {"cases": 0, "failures": {}, "outcomes": {}, "harness_errors": 1}
         return target, json.loads(done.stdout.strip().splitlines()[-1])
 
     report: dict = {}
     with ThreadPoolExecutor(args.jobs) as pool:
         for target, part in pool.map(run, parts):
-            total = report.setdefault(target, {"cases": 0, "failures": Counter(), "outcomes": Counter()})
+            total = report.setdefault(target, {"cases": 0, "failures": Counter(), "outcomes": Counter(),
+                                               "harness_errors": 0})
             total["cases"] += part["cases"]
+            total["harness_errors"] += part.get("harness_errors", 0)
             total["failures"].update(part["failures"])
             total["outcomes"].update(part["outcomes"])
     return {t: {**r, "failures": {k: r["failures"][k] for k in KINDS}, "outcomes": dict(r["outcomes"])}
@@ -138,6 +142,8 @@ def _run_case(target: str, case, scratch: Path) -> str:
 def _fuzz(target: str, n: int, seed: int, failures: Path, scratch: Path) -> dict:
     strategy = {"readers": targets.reader_cases, "recipes": targets.recipe_cases,
                 "download": targets.download_cases}[target]()
+    if target == "recipes":
+        targets.warm_up_recipes()
     counts: Counter[str] = Counter()
     outcomes: Counter[str] = Counter()
     state = {"cases": 0, "stopped": False}

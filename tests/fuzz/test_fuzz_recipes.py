@@ -8,12 +8,13 @@ import tempfile
 import pytest
 from hypothesis import given
 
-from targets import check_recipe, fuzz_settings, recipe_cases, recipe_env
+from targets import check_recipe, fuzz_settings, recipe_cases, recipe_env, warm_up_recipes
 
 
 @pytest.fixture(scope="module")
 def shipped_env(tmp_path_factory):
     with recipe_env(tmp_path_factory.mktemp("recipe-env")) as values:
+        warm_up_recipes()
         yield values
 
 
