@@ -104,12 +104,15 @@ class Experiment(BaseModel):
 
 @dataclass
 class Planned:
-    """A variant as built: its full recipe (raw dict) and validated stages."""
+    """A variant as built: its full recipe (raw dict, ``${VAR}`` expanded), validated
+    stages, and the recipe as a file would write it (the base's ``${VAR}`` kept, so a
+    written recipe does not pin one machine's paths)."""
 
     name: str
     recipe: dict
     stages: list
     segments: list[dict] = field(default_factory=list)
+    written: dict | None = None
 
 
 def load_experiment(path: str | Path) -> Experiment:
@@ -137,14 +140,10 @@ def load_experiment(path: str | Path) -> Experiment:
 
 def plan_variants(experiment: Experiment) -> list[Planned]:
     """The base recipe and every variant as full, validated recipes."""
-    base = yaml.safe_load(Path(experiment.recipe).read_text(encoding="utf-8"))
-    base = expand_env(base, experiment.recipe)
-    entries = [_entry(e) for e in base.get("stages", [])]
-    planned = {"base": entries}
-    for name, variant in experiment.variants.items():
-        planned[name] = _apply(entries, variant, name)
-    if experiment.include_raw and entries and _name(entries[0]) == "download":
-        planned.setdefault(RAW, entries[:1])
+    written = yaml.safe_load(Path(experiment.recipe).read_text(encoding="utf-8"))
+    base = expand_env(written, experiment.recipe)
+    planned = _variant_stages(experiment, [_entry(e) for e in base.get("stages", [])])
+    as_written = _variant_stages(experiment, [_entry(e) for e in written.get("stages", [])])
     out = []
     for name, stages in planned.items():
         recipe = {**base, "name": f"{base.get('name', 'recipe')}:{name}", "stages": stages}
@@ -152,11 +151,22 @@ def plan_variants(experiment: Experiment) -> list[Planned]:
             _, built = parse_recipe(copy.deepcopy(recipe), source=f"variant {name}")
         except RecipeError as err:
             raise UserError(str(err)) from None
-        out.append(Planned(name, recipe, built))
+        written_recipe = {**written, "name": recipe["name"], "stages": as_written[name]}
+        out.append(Planned(name, recipe, built, written=written_recipe))
     first = {json.dumps(p.recipe["stages"][:1], sort_keys=True) for p in out if p.stages}
     if len(first) > 1 and any(_name(p.recipe["stages"][0]) == "download" for p in out if p.stages):
         raise UserError("every variant must start with the same download stage (the pool is downloaded once)")
     return out
+
+
+def _variant_stages(experiment: Experiment, entries: list[dict]) -> dict[str, list[dict]]:
+    """Each variant's stage list from the base's ``entries`` (``base`` first, ``raw`` last)."""
+    planned = {"base": entries}
+    for name, variant in experiment.variants.items():
+        planned[name] = _apply(entries, variant, name)
+    if experiment.include_raw and entries and _name(entries[0]) == "download":
+        planned.setdefault(RAW, entries[:1])
+    return planned
 
 
 def run_ablation(experiment: Experiment, output: str | Path, options: RunOptions | None = None,
@@ -175,7 +185,8 @@ def run_ablation(experiment: Experiment, output: str | Path, options: RunOptions
     for variant in variants:
         t0 = time.time()
         final = _curate(variant, experiment.pool, pool_key, cache, variants)
-        results[variant.name] = {"final": str(final), "recipe": variant.recipe, "curate_s": round(time.time() - t0, 1)}
+        results[variant.name] = {"final": str(final), "recipe": variant.recipe, "recipe_as_written": variant.written,
+                                 "curate_s": round(time.time() - t0, 1)}
         log(f"[{variant.name}] curated: {_rows(final / 'shards')} pairs kept ({time.time() - t0:.0f}s)")
     if experiment.truth is not None and experiment.include_oracle and RAW in results:
         results[ORACLE] = {"final": str(_oracle(Path(results[RAW]["final"]), experiment.truth, out / "cache")),
@@ -191,11 +202,11 @@ def run_ablation(experiment: Experiment, output: str | Path, options: RunOptions
         result["runs"] = [_train_eval(final, experiment, seed, out / "train" / name / f"seed{seed}", log, name)
                           for seed in experiment.train.seeds]
         result.update(_summarise(result["runs"]))
-        log(f"[{name}] zero-shot top-1 {result['zeroshot_top1']:.4f} ± {result['seed_spread']:.4f} "
-            f"(kept {result['kept']})")
+        log(f"[{name}] zero-shot top-1 {top1_text(result)} (kept {result['kept']})")
     report = {"experiment": experiment.model_dump(), "pool_rows": pool_rows, "variants": results,
               "segments": cache.counts, "wall_s": round(time.time() - started, 1)}
-    report["best"] = max((n for n in results if n != ORACLE), key=lambda n: results[n]["zeroshot_top1"])
+    report["choice"] = choose_best(results)
+    report["best"] = report["choice"]["best"]
     write_report(report, out)
     (out / "ablation.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     return report
@@ -390,15 +401,50 @@ def _train_eval(final: Path, experiment: Experiment, seed: int, folder: Path, lo
 
 
 def _summarise(runs: list[dict]) -> dict:
+    """Mean top-1 over the seeds measured; ``seed_spread`` (max - min) only from two seeds
+    up: one run says nothing about how far another seed would land."""
     top1 = [r["zeroshot_top1"] for r in runs if r.get("zeroshot_top1") is not None]
     if not top1:
-        return {"zeroshot_top1": 0.0, "seed_spread": 0.0}
-    summary = {"zeroshot_top1": round(sum(top1) / len(top1), 4), "seed_spread": round(max(top1) - min(top1), 4)}
+        return {"zeroshot_top1": 0.0, "seed_spread": None, "seeds_measured": 0}
+    summary = {"zeroshot_top1": round(sum(top1) / len(top1), 4),
+               "seed_spread": round(max(top1) - min(top1), 4) if len(top1) >= 2 else None,
+               "seeds_measured": len(top1)}
     for key in ("i2t_recall@1", "t2i_recall@1", "mismatch_auc"):
         values = [r[key] for r in runs if isinstance(r.get(key), (int, float))]
         if values:
             summary[key] = round(sum(values) / len(values), 4)
     return summary
+
+
+TIE_RULE = "the first in the experiment's order wins (base, then the variants as listed, then raw)"
+
+
+def choose_best(results: dict) -> dict:
+    """The variant with the highest mean top-1 (the oracle excluded), and every variant
+    tied with it at the reported precision: a tie is a result to report, not one to hide
+    behind dict order."""
+    candidates = [n for n in results if n != ORACLE]
+    top = max(results[n]["zeroshot_top1"] for n in candidates)
+    tied = [n for n in candidates if results[n]["zeroshot_top1"] == top]
+    return {"best": tied[0], "by": "zeroshot_top1", "zeroshot_top1": top, "tied": tied if len(tied) > 1 else [],
+            "rule": TIE_RULE if len(tied) > 1 else None}
+
+
+def top1_text(result: dict) -> str:
+    """``0.4500 ± 0.0100`` (half the seed spread) from two seeds up, ``0.4500 (1 seed)`` below."""
+    if not result.get("seeds_measured"):
+        return "- (not trained: no pairs kept)"
+    if result.get("seed_spread") is None:
+        return f"{result['zeroshot_top1']:.4f} (1 seed)"
+    return f"{result['zeroshot_top1']:.4f} ± {result['seed_spread'] / 2:.4f}"
+
+
+def choice_text(choice: dict) -> str:
+    """One line: the best variant, and the tie it was chosen from, if any."""
+    if not choice["tied"]:
+        return f"best: {choice['best']}"
+    return (f"best: {choice['best']}, tied at top-1 {choice['zeroshot_top1']:.4f} with "
+            f"{', '.join(n for n in choice['tied'] if n != choice['best'])} ({choice['rule']})")
 
 
 # ------------------------------------------------------------------ helpers
