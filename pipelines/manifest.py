@@ -239,7 +239,8 @@ def retry_hint(manifest: dict, output: str = "OUT") -> str | None:
         return None
     reasons = ", ".join(f"{value.split(':', 1)[1]} {n:,}" for value, n in retryable["reasons"].items())
     rows = retryable["rows"]
-    return (f"retry: {rows:,} download{'s' if rows > 1 else ''} failed for a reason that may pass ({reasons}); "
+    plural = "s" if rows > 1 else ""
+    return (f"retry: {rows:,} download{plural} failed for a reason that may pass ({reasons}); "
             f"`curate retry {output}` fetches only those again")
 
 
