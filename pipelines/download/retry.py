@@ -134,7 +134,8 @@ class RetryOutcome:
         lines = [f"retry: re-fetched {self.fetched:,} rows",
                  f"  downloaded OK {self.downloaded:,}: {self.kept:,} kept, {removed:,} removed by later stages"
                  + (f" ({_counts(self.removed)})" if removed else ""),
-                 f"  failed again {sum(self.failed.values()):,}" + (f" ({_counts(self.failed)})" if self.failed else "")]
+                 f"  failed again {sum(self.failed.values()):,}"
+                 + (f" ({_counts(self.failed)})" if self.failed else "")]
         return "\n".join(lines)
 
 
