@@ -2,7 +2,8 @@
 
 Validation happens here, before any work starts: an unknown stage, a missing or
 mistyped parameter, or a column that no earlier stage provides is one line that
-names the recipe key (``stages[2].clip_score.min_score: ...``), never a traceback.
+names the recipe key (``stages[2].clip_score.min_score: ...``), never a traceback;
+one error lists every such line of the recipe, and a misspelt name its closest match.
 A stage listed twice must differ in its parameters and is labelled ``<name>_2``; a
 second download is refused (``build_stages``).
 """
@@ -17,7 +18,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from clipcurate.pipelines.errors import RecipeError
+from clipcurate.pipelines.errors import RecipeError, did_you_mean
 from clipcurate.pipelines.registry import UnknownStage, stage_class
 from clipcurate.pipelines.stage import SAMPLE_SCHEMA, Stage
 
@@ -138,13 +139,26 @@ _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 def parse_recipe(raw: dict, source: str = "recipe") -> tuple[Recipe, list[Stage]]:
+    """Validate a recipe mapping and build its stages. Every problem found, top-level
+    keys and every stage, is one line of one RecipeError: a recipe is fixed in one pass."""
     if not isinstance(raw, dict):
         raise RecipeError(f"{source}: a recipe is a mapping with keys name, seed, input, output, stages")
+    problems = []
     try:
         recipe = Recipe.model_validate(raw)
     except ValidationError as err:
-        raise RecipeError(f"{source}: {_first_error(err)}") from None
-    stages = build_stages(recipe.stages, source=source, seed=recipe.seed)
+        recipe = None
+        problems += [f"{source}: {line}" for line in _errors(err, Recipe)]
+    entries = recipe.stages if recipe else raw.get("stages")
+    seed = recipe.seed if recipe else raw.get("seed")
+    stages = []
+    if isinstance(entries, list) and all(isinstance(entry, dict) for entry in entries):  # else reported above
+        try:
+            stages = build_stages(entries, source=source, seed=seed if type(seed) is int else None)
+        except RecipeError as err:
+            problems.append(str(err))
+    if problems:
+        raise RecipeError("\n".join(problems))
     if recipe.blocklist:
         stages = blocklist_stages(stages, recipe.blocklist)
     check_columns(stages, source=source)
@@ -175,39 +189,53 @@ def build_stages(entries: list, source: str = "recipe", seed: int | None = None)
     different models); the second is labelled ``<name>_2`` in reject reasons and counts.
     A repeat whose parameters differ only in speed (``speed_params``) or not at all is
     refused (it only costs time), and so is a second checkpoint stage (the download:
-    it would fetch every URL twice)."""
+    it would fetch every URL twice).
+
+    Every entry is checked; the problems of all of them are one RecipeError, a line each."""
     stages: list[Stage] = []
+    problems: list[str] = []
     seen: dict[str, int] = {}
     for i, entry in enumerate(entries):
-        if isinstance(entry, str):
-            entry = {entry: {}}
-        if not isinstance(entry, dict) or len(entry) != 1:
-            raise RecipeError(f"{source}: stages[{i}]: each stage is a one-key mapping like '- basic_filter: {{}}'")
-        (name, params), = entry.items()
-        params = params or {}
-        key = f"stages[{i}].{_key(name)}"
-        if not isinstance(params, dict):
-            raise RecipeError(f"{source}: {key}: parameters must be a mapping, got {type(params).__name__}")
         try:
-            cls = stage_class(name)
-        except UnknownStage as err:
-            raise RecipeError(f"{source}: {key}: {err.args[0]}") from None
-        if seed is not None and "seed" in cls.Config.model_fields and "seed" not in params:
-            params = {**params, "seed": seed}
-        try:
-            config = cls.Config.model_validate(params)
-        except ValidationError as err:
-            raise RecipeError(f"{source}: {key}.{_first_error(err)}") from None
-        try:
-            stage = cls(config)
-        except ValueError as err:  # a combination the stage's library refuses (datasketch's LSH bands)
-            raise RecipeError(f"{source}: {key}: {_one_line(str(err))}") from None
-        _refuse_repeat(stage, stages, f"{source}: {key}")
-        seen[name] = seen.get(name, 0) + 1
-        if seen[name] > 1:
-            stage.label = f"{name}_{seen[name]}"
+            stage = _build_stage(entry, f"{source}: stages[{i}]", seed)
+            _refuse_repeat(stage, stages, f"{source}: stages[{i}].{stage.name}")
+        except RecipeError as err:
+            problems.append(str(err))
+            continue
+        seen[stage.name] = seen.get(stage.name, 0) + 1
+        if seen[stage.name] > 1:
+            stage.label = f"{stage.name}_{seen[stage.name]}"
         stages.append(stage)
+    if problems:
+        raise RecipeError("\n".join(problems))
     return stages
+
+
+def _build_stage(entry, where: str, seed: int | None) -> Stage:
+    """One stage from its recipe entry; a RecipeError holds all of the entry's problems."""
+    if isinstance(entry, str):
+        entry = {entry: {}}
+    if not isinstance(entry, dict) or len(entry) != 1:
+        raise RecipeError(f"{where}: each stage is a one-key mapping like '- basic_filter: {{}}'")
+    (name, params), = entry.items()
+    params = params or {}
+    key = f"{where}.{_key(name)}"
+    if not isinstance(params, dict):
+        raise RecipeError(f"{key}: parameters must be a mapping, got {type(params).__name__}")
+    try:
+        cls = stage_class(name)
+    except UnknownStage as err:
+        raise RecipeError(f"{key}: {err.args[0]}") from None
+    if seed is not None and "seed" in cls.Config.model_fields and "seed" not in params:
+        params = {**params, "seed": seed}
+    try:
+        config = cls.Config.model_validate(params)
+    except ValidationError as err:
+        raise RecipeError("\n".join(f"{key}.{line}" for line in _errors(err, cls.Config))) from None
+    try:
+        return cls(config)
+    except ValueError as err:  # a combination the stage's library refuses (datasketch's LSH bands)
+        raise RecipeError(f"{key}: {_one_line(str(err))}") from None
 
 
 def _refuse_repeat(stage: Stage, earlier: list[Stage], key: str) -> None:
@@ -237,16 +265,30 @@ def check_columns(stages: list[Stage], source: str = "recipe", available: set[st
         have.update(stage.adds)
 
 
-def _first_error(err: ValidationError) -> str:
-    first = err.errors()[0]
-    loc = ".".join(_key(part) for part in first["loc"])
-    msg = first["msg"]
-    if first["type"] == "extra_forbidden":
-        msg = "unknown parameter"
-    elif "input" in first and first["type"] != "missing":
-        shown = repr(first["input"])
-        msg = f"{msg} (got {shown if len(shown) <= 80 else shown[:80] + '...'})"
-    return f"{loc}: {msg}" if loc else msg
+def _errors(err: ValidationError, model: type[BaseModel]) -> list[str]:
+    """Every error of a validation as ``key: message``, one line each; an unknown key
+    names the closest keys ``model`` accepts there."""
+    lines = []
+    for error in err.errors():
+        loc = ".".join(_key(part) for part in error["loc"])
+        msg = error["msg"]
+        if error["type"] == "extra_forbidden":
+            msg = "unknown parameter" + did_you_mean(error["loc"][-1], _known_keys(model, error["loc"][:-1]))
+        elif "input" in error and error["type"] != "missing":
+            shown = repr(error["input"])
+            msg = f"{msg} (got {shown if len(shown) <= 80 else shown[:80] + '...'})"
+        lines.append(_one_line(f"{loc}: {msg}" if loc else msg))
+    return lines
+
+
+def _known_keys(model: type[BaseModel], path: tuple) -> list[str]:
+    """The keys ``model`` accepts at ``path`` (through nested models, not lists or dicts)."""
+    for part in path:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return []
+        model = field.annotation
+    return list(model.model_fields)
 
 
 def _key(part) -> str:

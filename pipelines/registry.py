@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 
+from clipcurate.pipelines.errors import did_you_mean
 from clipcurate.pipelines.stage import Stage
 
 STAGES: dict[str, str] = {
@@ -34,12 +35,13 @@ class UnknownStage(KeyError):
 
 
 def stage_class(name: str) -> type[Stage]:
-    """The class registered under ``name``; a clear error for unknown names."""
+    """The class registered under ``name``; for an unknown name, the closest known
+    ones first, then all of them."""
     try:
         target = STAGES[name]
     except KeyError:
         known = ", ".join(sorted(STAGES))
-        raise UnknownStage(f"unknown stage {str(name)!r} (known: {known})") from None
+        raise UnknownStage(f"unknown stage {str(name)!r}{did_you_mean(name, STAGES)}; known: {known}") from None
     module_name, _, class_name = target.partition(":")
     module = importlib.import_module(module_name)
     return getattr(module, class_name)
