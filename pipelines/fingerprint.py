@@ -60,6 +60,31 @@ def first_change(recorded: list[dict], current: list[dict]) -> str | None:
     return None
 
 
+def differences(old: Any, new: Any, key: str = "") -> list[str]:
+    """``"key: old -> new"`` for each value two JSON documents (two recipes as manifests
+    record them) hold differently, keyed as a recipe is (``stages[1].basic_filter.min_words``):
+    a digest says that a run differs, this says where."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = [*old, *(k for k in new if k not in old)]
+        return [line for k in keys
+                for line in differences(old.get(k, _UNSET), new.get(k, _UNSET), f"{key}.{k}" if key else str(k))]
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        return [line for i, (a, b) in enumerate(zip(old, new)) for line in differences(a, b, f"{key}[{i}]")]
+    return [] if old == new else [f"{key}: {_shown(old)} -> {_shown(new)}"]
+
+
+_UNSET = object()
+
+
+def _shown(value: Any) -> str:
+    if value is _UNSET:
+        return "(unset)"
+    if isinstance(value, list) and len(value) > 3:
+        return f"{len(value)} entries"
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def file_digests(params: Any) -> dict[str, str]:
     """``{path: content digest}`` for every string in ``params`` (nested) that names an
     existing local file or folder (``local-dir:`` prefix allowed)."""

@@ -93,7 +93,7 @@ def _run_locked(recipe: Recipe, stages: list[Stage], input_spec, out: Storage, o
     bind(stages, context)
     fingerprint = run_fingerprint(recipe, stages, input_spec, context)
     if out.exists(out.path("manifest.json")):
-        return _finished(out, fingerprint)
+        return _finished(out, fingerprint, recipe, input_spec)
     work = out.child(WORK)
     work.makedirs(work.root)
     resume = _check_recipe(work, fingerprint, options.on_change)
@@ -230,19 +230,29 @@ def _clear(out: Storage) -> None:
             out.fs.delete_file(info.path)
 
 
-def _finished(out: Storage, fingerprint: dict) -> dict:
+def _finished(out: Storage, fingerprint: dict, recipe: Recipe, input_spec) -> dict:
     """A finished output: the same input and recipe is nothing to do; anything else is
-    refused (a finished run is a published result: only --force replaces it)."""
+    refused (a finished run is a published result: only --force replaces it), naming
+    what differs: the recipe keys (the input's too: ``input.partition_size``), else the
+    input files, else the stage whose named files changed."""
     manifest = out.read_json(out.path("manifest.json"))
     recorded = manifest.get("fingerprint")
     if recorded == fingerprint:
         return manifest | {"resume": {"finished": True}}
-    if recorded is None or recorded["input"] != fingerprint["input"]:
-        why = "over another input" if recorded else "by an older version"
-    else:
+    if recorded is None:
+        raise UserError(f"{out.uri()}: already holds a finished run made by an older version; "
+                        f"use --force or a new --output")
+    changes = fp.differences(manifest.get("recipe") or {}, recipe.model_dump(mode="json"))
+    if recorded["input"] != fingerprint["input"] and not any(c.startswith("input.") for c in changes):
+        same_files = manifest.get("input", {}).get("paths") == input_files(input_spec)
+        changes.append("input files: " + ("changed since (size or time)" if same_files else "other files"))
+    if not changes:
         changed = fp.first_change(recorded["stages"], fingerprint["stages"])
-        why = f"by another recipe (stage {changed!r} changed)" if changed else "with another seed"
-    raise UserError(f"{out.uri()}: already holds a finished run made {why}; use --force or a new --output")
+        changes.append(f"stage {changed!r}: a file its parameters name changed" if changed
+                       else "the --against releases changed")
+    shown = "; ".join(changes[:3]) + (f"; and {len(changes) - 3} more" if len(changes) > 3 else "")
+    raise UserError(f"{out.uri()}: already holds a finished run that differs in {shown}; "
+                    f"use --force or a new --output")
 
 
 def _check_recipe(work: Storage, fingerprint: dict, on_change: str) -> dict:

@@ -92,5 +92,5 @@ def test_object_store_code_path_inline(pool, tmp_path):
     assert not store.exists(store.path("_lock.json"))  # the lock works on the store and is released
     changed = copy.deepcopy(RECIPE)
     changed["seed"] = 7
-    with pytest.raises(UserError, match="already holds a finished run made with another seed"):
+    with pytest.raises(UserError, match="already holds a finished run that differs in seed: 0 -> 7;"):
         run_pipeline(*parse_recipe(changed), pool, store, RunOptions(inline=True, progress=False))

@@ -100,7 +100,7 @@ def test_unchanged_rerun_runs_nothing_and_a_changed_one_on_a_finished_output_is_
     assert sum(web.requests.values()) == fetched
 
     changed = _recipe({"basic_filter": {"min_words": 2, "min_image_side": 8}})
-    with pytest.raises(UserError, match=r"finished run made by another recipe \(stage 'basic_filter' changed\)"):
+    with pytest.raises(UserError, match=r"finished run that differs in stages\[1\]\.basic_filter\.min_words: 1 -> 2;"):
         _run(changed, pool, out)
 
 
