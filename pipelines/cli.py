@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import shutil
 import sys
+import textwrap
 
 from clipcurate.pipelines.errors import UserError
 
@@ -30,21 +33,24 @@ COMMANDS: dict[str, str] = {
     "heads": "clipcurate.train.heads_cli",
 }
 
+# In workflow order (try, prepare models and lists, curate, inspect, share, train on it):
+# the top-level --help lists the commands in this order, one line each.
 SUMMARIES: dict[str, str] = {
-    "run": "run a recipe over an input list: download, filter, dedup, balance, write shards",
     "demo": "start the local sample web and run the demo recipe end to end",
-    "retry": "re-fetch only the transiently failed samples of a finished run",
-    "train": "train a contrastive (CLIP/SigLIP) model on output shards",
-    "eval": "zero-shot classification and retrieval of a checkpoint on a labeled parquet",
-    "audit": "write an HTML report with plots of a run and each stage's effect",
-    "stats": "print a run's key numbers (JSON with --json)",
+    "sampleweb": "serve a demo's sample web again, so its recipes can be re-run",
     "metadata": "build or inspect MetaCLIP metadata entry lists",
-    "ablate": "compare recipe variants by training on each at equal samples seen",
-    "filter-model": "train the DFN filter model clip_score scores a pool with, from trusted pairs",
-    "export": "write a run's samples as webdataset tars or a DataComp uid subset file",
+    "filter-model": "train the DFN filter model that clip_score scores pairs with",
+    "heads": "train or show a head (NSFW, aesthetic, ...) for clip_heads",
+    "run": "download, filter, dedup and balance an input list into shards",
+    "retry": "re-fetch only the transiently failed samples of a finished run",
+    "stats": "print a run's key numbers (JSON with --json)",
+    "audit": "write an HTML report with plots of a run and each stage's effect",
     "index": "build a faiss index over a run's CLIP image embeddings",
-    "search": "find the samples of a run nearest to a text or an image (HTML page with thumbnails)",
-    "heads": "train a head (NSFW, aesthetic, watermark, ...) over CLIP embeddings for clip_heads, or show one",
+    "search": "a run's samples nearest a text or an image, as an HTML page",
+    "export": "write a run as webdataset tars or a DataComp uid subset file",
+    "train": "train a contrastive (CLIP/SigLIP) model on output shards",
+    "eval": "zero-shot accuracy and retrieval of a checkpoint on labeled data",
+    "ablate": "compare recipe variants by training on each, equal samples seen",
 }
 
 
@@ -52,14 +58,47 @@ def _top_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="curate",
         description="clipcurate: turn web image-text pairs into curated CLIP training shards.",
-        epilog="Run 'curate COMMAND --help' for a command's options. Example: curate demo",
+        epilog=_command_list() + "\n\nRun 'curate COMMAND --help' for a command's options. Example: curate demo",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("command", choices=sorted(COMMANDS), metavar="COMMAND",
-                        help="; ".join(f"{k}: {v}" for k, v in SUMMARIES.items()))
+    parser.add_argument("command", choices=sorted(COMMANDS), metavar="COMMAND", help="one of the commands below")
     return parser
 
 
+def _command_list() -> str:
+    """The commands in workflow order, a line each (wrapped under its own column only
+    on a narrow terminal)."""
+    names = [*(name for name in SUMMARIES if name in COMMANDS), *(name for name in COMMANDS if name not in SUMMARIES)]
+    column = max(map(len, names)) + 4
+    width = max(shutil.get_terminal_size().columns, column + 20)
+    lines = ["commands, in workflow order:"]
+    for name in names:
+        lines += textwrap.wrap(SUMMARIES.get(name, ""), width, initial_indent=f"  {name:<{column - 2}}",
+                               subsequent_indent=" " * column) or [f"  {name}"]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The ``curate`` entry point. A reader that closes the pipe early (``curate stats
+    --json | head``) ends the command quietly, as ``head`` expects, not with a traceback."""
+    try:
+        try:
+            return _dispatch(argv)
+        finally:
+            sys.stdout.flush()  # here, so a closed pipe is caught below, not at interpreter exit
+    except BrokenPipeError:
+        return _reader_gone()
+
+
+def _reader_gone() -> int:
+    """Python's recipe (``signal`` docs, "Note on SIGPIPE"): point stdout at devnull so
+    the flush at exit does not fail again; 141 = 128 + SIGPIPE, what a shell reports."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 141
+
+
+def _dispatch(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         _top_parser().parse_args(argv or ["--help"])

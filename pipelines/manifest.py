@@ -132,19 +132,35 @@ def _cost_entry(cost: dict, rows: int, all_worker_s: float) -> dict:
     }
 
 
+# Reject reasons whose usual cause is a recipe setting: a warning over them says which.
+# The reason strings stay as they are (the audit and `curate retry` read them).
+REASON_FIXES = {
+    "download:private_address": "hosts on private or loopback networks are refused; for a local web set "
+                                "download.allow_private_networks: true, or allow exact endpoints with "
+                                "download.private_allowlist: ['127.0.0.1:8000']",
+}
+
+
+def reason_fix(reason: str) -> str | None:
+    """The recipe setting that would avoid a reject reason (``REASON_FIXES``), if any."""
+    return REASON_FIXES.get(parse_reject(reason).reason)
+
+
 def stage_warning(entry: dict, threshold: float) -> dict | None:
     """The warning for a funnel entry that removed more than ``threshold`` of the rows it
-    received, with its top three reasons; None otherwise. An unusual share is more often
-    a wrong parameter or input column than a bad pool (DESIGN.md, "Curation is measured")."""
+    received, with its top three reasons and the fix of those that have one; None
+    otherwise. An unusual share is more often a wrong parameter or input column than a
+    bad pool (DESIGN.md, "Curation is measured")."""
     if not entry["in"] or entry["rejected"] / entry["in"] <= threshold:
         return None
     share = entry["rejected"] / entry["in"]
     top = dict(sorted(entry["reasons"].items(), key=lambda kv: (-kv[1], kv[0]))[:3])
     reasons = ", ".join(f"{r.split(':', 1)[-1]}={n:,}" for r, n in top.items())
+    fixes = "".join(f"; {fix}" for fix in dict.fromkeys(map(reason_fix, top)) if fix)
     return {
         "share_removed": round(share, 4), "threshold": threshold, "top_reasons": top,
         "message": f"{entry['name']} removed {share:.1%} of the {entry['in']:,} rows it received "
-                   f"(warn_reject_share {threshold * 100:g}%): {reasons}",
+                   f"(warn_reject_share {threshold * 100:g}%): {reasons}{fixes}",
     }
 
 

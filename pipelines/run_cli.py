@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
-from clipcurate.pipelines.manifest import PROJECTION_FORMULA, format_funnel, format_projection, format_resume
+from clipcurate.pipelines.manifest import (PROJECTION_FORMULA, format_funnel, format_projection, format_resume,
+                                           reason_fix)
 from clipcurate.pipelines.recipe import load_recipe
 from clipcurate.pipelines.runner import PREVIEW, RunOptions, run_pipeline, run_preview
 
@@ -54,6 +56,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "(blocklist_image:sha256, blocklist_image:phash=<blocked hash>)")
     parser.add_argument("--inline", action="store_true", help="run stages in this process (debugging, small data)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_exit_options(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,9 +70,48 @@ def run(args: argparse.Namespace) -> int:
         print(format_projection(manifest["preview"]))
         output = os.path.join(args.output, PREVIEW)
         print(f"preview: {output}  manifest: {os.path.join(output, 'manifest.json')}  audit: curate audit {output}")
-        return 0
+        return exit_code(manifest, fail_on_warning=args.fail_on_warning)
     manifest = run_pipeline(recipe, stages, args.input, args.output, options, recipe_source=args.recipe)
     print(format_funnel(manifest))
     print(format_resume(manifest.get("resume") or {}))
     print(f"shards: {os.path.join(args.output, 'shards')}  manifest: {os.path.join(args.output, 'manifest.json')}")
+    return exit_code(manifest, fail_on_warning=args.fail_on_warning)
+
+
+# ---------------------------------------------------------------- exit status, for scripts
+
+EXIT_NOTHING_KEPT = 3
+EXIT_WARNINGS = 4
+
+
+def add_exit_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--fail-on-warning", action="store_true",
+                        help=f"exit with status {EXIT_WARNINGS} when the funnel flags a stage (the '!' lines), so a "
+                             f"script stops there; a run that rejects every row exits {EXIT_NOTHING_KEPT} "
+                             f"with or without it")
+
+
+def exit_code(manifest: dict, *, fail_on_warning: bool) -> int:
+    """0, or why a script should not go on, said on stderr in one line: a run that kept
+    nothing of a non-empty input (a stopped web, a wrong column) is not a success."""
+    totals = manifest["totals"]
+    if totals["input"] and not totals["kept"]:
+        reason, rows = _top_reason(manifest)
+        fix = reason_fix(reason)
+        print(f"curate run: every one of the {totals['input']:,} input rows was rejected; top reason {reason} "
+              f"({rows:,} rows){'; ' + fix if fix else ''}", file=sys.stderr)
+        return EXIT_NOTHING_KEPT
+    if fail_on_warning and manifest.get("warnings"):
+        print(f"curate run: --fail-on-warning: {len(manifest['warnings'])} stage(s) flagged (the '!' lines above)",
+              file=sys.stderr)
+        return EXIT_WARNINGS
     return 0
+
+
+def _top_reason(manifest: dict) -> tuple[str, int]:
+    """The reject reason with the most rows over all stages (ties: the first by name)."""
+    counts: dict[str, int] = {}
+    for stage in manifest["stages"]:
+        for reason, rows in stage["reasons"].items():
+            counts[reason] = counts.get(reason, 0) + rows
+    return min(counts.items(), key=lambda item: (-item[1], item[0]))

@@ -16,7 +16,8 @@ decoders would silently pad.
 Failure ledger (``reject`` = ``download:<category>[=detail]``): dns, connect
 (``connect=incomplete``: the body ended before its Content-Length, retried), timeout,
 http_4xx (``http_4xx=429`` when rate limited), http_5xx, opt_out, not_image,
-decode_error, too_small, too_large, private_address, redirect_loop, bad_scheme,
+decode_error, too_small, too_large, private_address (a recipe allows such hosts with
+``allow_private_networks`` or ``private_allowlist``), redirect_loop, bad_scheme,
 aspect_ratio. ``curate retry OUT`` re-fetches the transient ones.
 """
 
