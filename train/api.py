@@ -45,8 +45,8 @@ def evaluate(model: str | Path, data: str | Path | None = None, *, pairs: str | 
              templates: list[str] | None = None, batch_size: int = 256, device: str = "auto",
              seed: int = 0, log: str | Path | None = None, class_names: str | Path | list[str] | None = None,
              label_column: str = "label") -> dict:
-    """Zero-shot top-1/top-5 on a labeled parquet; retrieval recall@1/5/10 and
-    mismatch detection (``mismatch_auc``) on held-out pairs.
+    """Zero-shot top-1 (top-5 over more than 5 classes) on a labeled parquet; retrieval
+    recall@1/5/10 and mismatch detection (``mismatch_auc``) on held-out pairs.
 
     ``data`` has ``image`` and ``label`` (and optionally ``caption``); ``pairs`` is a
     parquet of held-out ``image`` + ``caption`` (+ optional ``label``; default:

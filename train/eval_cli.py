@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 
-HELP = ("Zero-shot top-1/top-5 (class names x prompt templates) on a labeled set (image, label, "
-        "optional caption; label = class names, or integers named by a class_name column, --class-names or a "
-        "Hugging Face ClassLabel); image<->text retrieval recall@1/5/10 and mismatch detection on held-out pairs "
-        "(mismatch_auc: true pairs vs the same images with another pair's caption, of another label when "
-        "the pairs have a label column: how good a DFN filter model is). Prints one JSON object. "
+HELP = ("Zero-shot top-1 and, over more than 5 classes, top-5 accuracy (class names x prompt templates) "
+        "on a labeled set (image, label, optional caption; label = class names, or integers named by a "
+        "class_name column, --class-names or a Hugging Face ClassLabel); image<->text retrieval "
+        "recall@1/5/10 and mismatch detection on held-out pairs (mismatch_auc: true pairs vs the same "
+        "images with another pair's caption, of another label when the pairs have a label column: how "
+        "good a DFN filter model is). Prints one JSON object. "
         "Examples: curate eval --model ckpt/ --data labeled.parquet; "
         "curate eval --model filter-model/ --pairs heldout.parquet")
 

@@ -3,8 +3,10 @@
 Zero-shot (Radford et al. 2021, section 3.1.4): each class is the mean normalized text
 embedding of its name in several prompt templates (open_clip's
 ``build_zero_shot_classifier``); an image is assigned the most similar class; we report
-top-1 and top-5 accuracy. Retrieval: recall@1/5/10 image->text and text->image over
-held-out pairs. Identical captions are one text (templated captions repeat), so a hit is
+top-1 accuracy, and top-5 when there are more than 5 classes (over 5 or fewer, every
+image's class is among its top 5: a score of 1.0 that measures nothing), each with its
+chance level (k / classes: top-5 over 6 classes is 0.83 by guessing). Retrieval:
+recall@1/5/10 image->text and text->image over held-out pairs. Identical captions are one text (templated captions repeat), so a hit is
 the image's own caption text among the top k, or for a text, any of its images.
 
 Mismatch detection (what a DFN filter model is for, Fang et al. 2023): the cosine score
@@ -64,7 +66,7 @@ def run_eval(model: str | Path, data: str | Path | None = None, *, pairs: str | 
         classnames = labelled.classnames
         image_features = encode_images(encoder, labeled.column("image").to_pylist(), batch_size, data)
         result.update({"data": str(data), "images": len(labels), "classes": len(classnames),
-                       "chance_top1": 1.0 / len(classnames), "templates": len(templates)})
+                       "templates": len(templates)})
         result.update(zero_shot(net, tokenizer, image_features, labels, classnames, templates, encoder.device))
 
     pair_table = read_images_table(pairs) if pairs is not None else labeled
@@ -139,11 +141,24 @@ def zero_shot(model, tokenizer, image_features: torch.Tensor, labels: list[str],
                                          device=device).float().cpu()
     logits = image_features @ weights
     target = torch.tensor([classnames.index(label) for label in labels])
-    k = min(5, len(classnames))
-    top = logits.topk(k, dim=1).indices
-    hits = top == target[:, None]
-    return {"zeroshot_top1": round(float(hits[:, 0].float().mean()), 6),
-            "zeroshot_top5": round(float(hits.any(dim=1).float().mean()), 6)}
+    return top_k_accuracy(logits, target)
+
+
+TOP_K = (1, 5)
+
+
+def top_k_accuracy(logits: torch.Tensor, target: torch.Tensor) -> dict:
+    """``zeroshot_top{k}``, the share of rows whose target is among their k highest
+    logits, and ``chance_top{k}``, for each k of ``TOP_K`` below the number of classes
+    (top-1 always)."""
+    classes = logits.shape[1]
+    ks = [k for k in TOP_K if k == 1 or k < classes]
+    hits = logits.topk(max(ks), dim=1).indices == target[:, None]
+    scores = {}
+    for k in ks:
+        scores[f"zeroshot_top{k}"] = round(float(hits[:, :k].any(dim=1).float().mean()), 6)
+        scores[f"chance_top{k}"] = k / classes
+    return scores
 
 
 def retrieval(image_features: torch.Tensor, text_features: torch.Tensor, caption_index: np.ndarray) -> dict:

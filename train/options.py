@@ -82,7 +82,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for name, field in TrainConfig.model_fields.items():
         flags = [f"--{name.replace('_', '-')}", *CLI_ALIASES.get(name, [])]
         kind, choices = _plain_type(field.annotation)
-        kwargs = {"dest": name, "help": field.description, "required": field.is_required()}
+        kwargs = {"dest": name, "help": _help(field), "required": field.is_required()}
         if kind is bool:
             kwargs.update(action="store_true")
         elif name == "data":
@@ -92,6 +92,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             if not field.is_required():
                 kwargs["default"] = field.default
         parser.add_argument(*flags, **kwargs)
+
+
+def _help(field) -> str:
+    """The field's description and its default, once: not for a required or on/off flag,
+    nor where the default is None (unset: the description says what happens then, as
+    ``--warmup``'s "default: 5% of steps" does)."""
+    if field.is_required() or field.default is None or isinstance(field.default, bool):
+        return field.description
+    return f"{field.description} (default: {str(field.default).replace('%', '%%')})"
 
 
 def from_arguments(args: argparse.Namespace) -> dict:

@@ -14,8 +14,7 @@ HELP = ("Train a contrastive image-text model (open_clip CLIP or SigLIP) on a ru
 def configure(parser: argparse.ArgumentParser) -> None:
     from clipcurate.train.options import add_arguments
 
-    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
-    add_arguments(parser)
+    add_arguments(parser)  # each option's help states its default (train.options)
 
 
 def run(args: argparse.Namespace) -> int:

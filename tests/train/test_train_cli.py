@@ -70,3 +70,43 @@ def test_train_flags_and_api_come_from_one_declaration():
     for name, field in TrainConfig.model_fields.items():
         if not field.is_required():
             assert defaults[name] == field.default, name
+
+
+def test_train_help_shows_each_default_once(capsys, monkeypatch):
+    """The default in a field's description ("default: 5% of steps") is the only one its
+    option shows; others show the field's default; unset and on/off options show none."""
+    import pytest
+
+    from clipcurate.train.options import TrainConfig
+
+    monkeypatch.setenv("COLUMNS", "300")  # no wrapped help text
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    lines: dict[str, str] = {}  # option -> its help, the invocation and the line under it when it is long
+    for line in capsys.readouterr().out.splitlines():
+        if line.startswith("  --"):
+            flag = line.split()[0].rstrip(",")
+            lines[flag] = line
+        elif line.startswith("    ") and lines:
+            lines[flag] += " " + line.strip()
+    assert all(line.count("default") <= 1 for line in lines.values()), lines
+    assert lines["--warmup"].endswith("(default: 5% of steps)")
+    assert lines["--lr"].endswith("(default: 0.0005)") and lines["--model"].endswith("(default: clip-tiny)")
+    for flag in ("--steps", "--pretrained", "--save-every", "--lock-text", "--data"):
+        assert "default" not in lines[flag], lines[flag]
+    shown = [name for name, field in TrainConfig.model_fields.items()
+             if f"(default: {field.default})" in lines[f"--{name.replace('_', '-')}"]]
+    assert len(shown) > 15
+
+
+def test_top_5_is_reported_only_over_more_than_5_classes():
+    """Over 5 or fewer classes every target is among the top 5: a 1.0 that measures nothing."""
+    import torch
+
+    from clipcurate.train.evaluate import top_k_accuracy
+
+    logits = torch.tensor([[0.9, 0.1, 0.0, 0.0, 0.0, 0.0], [0.05, 0.2, 0.9, 0.1, 0.3, 0.0]])
+    six = top_k_accuracy(logits, torch.tensor([0, 5]))
+    assert six == {"zeroshot_top1": 0.5, "chance_top1": 1 / 6, "zeroshot_top5": 0.5, "chance_top5": 5 / 6}
+    five = top_k_accuracy(logits[:, :5], torch.tensor([0, 4]))
+    assert five == {"zeroshot_top1": 0.5, "chance_top1": 0.2}
