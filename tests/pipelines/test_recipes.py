@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from clipcurate.pipelines import recipe as recipe_module
 from clipcurate.pipelines.errors import RecipeError
 from clipcurate.pipelines.recipe import build_stages, load_recipe
+from clipcurate.pipelines.registry import stage_class
 from clipcurate.pipelines.stage import Stage, StageConfig
 
 RECIPES = sorted((Path(__file__).parents[2] / "pipelines" / "recipes").glob("*.yaml"))
@@ -87,3 +89,33 @@ def test_a_repeat_that_differs_only_in_speed_is_refused(monkeypatch):
     with pytest.raises(RecipeError, match=r"stages\[1\].scored: same parameters as stages\[0\]"):
         build_stages([{"scored": {}}, {"scored": {"batch_size": 512}}])
     assert [s.label for s in build_stages([{"scored": {}}, {"scored": {"min_score": 0.3}}])] == ["scored", "scored_2"]
+
+
+ENTRY_WITH_DEFAULTS = re.compile(r"^\s*-\s*(\w+):\s*\{\}\s*#(.*)$")  # - dedup_perceptual: {}   # radius 4 ...
+NAMED_NUMBER = re.compile(r"([A-Za-z_]+)\s+(\d+(?:\.\d+)?)\b")
+
+
+def test_numbers_a_comment_gives_a_default_stage_are_its_defaults():
+    """``- dedup_perceptual: {}  # ... radius 4``: a stage left at its defaults, whose
+    comment names a parameter (by its name or a word of its description) with a number,
+    must give that parameter's real default; a comment is not re-read when a default
+    is re-measured."""
+    checked = []
+    for path in RECIPES:
+        for line in path.read_text().splitlines():
+            entry = ENTRY_WITH_DEFAULTS.match(line)
+            if not entry:
+                continue
+            fields = stage_class(entry[1]).Config.model_fields
+            for word, number in NAMED_NUMBER.findall(entry[2]):
+                named = [field for name, field in fields.items() if _names(name, field, word.lower())]
+                defaults = [field.default for field in named if type(field.default) in (int, float)]
+                if defaults:
+                    assert float(number) in defaults, f"{path.name}: {line.strip()} (default: {defaults})"
+                    checked.append(line)
+    assert checked  # dedup.yaml's perceptual radius at least
+
+
+def _names(name: str, field, word: str) -> bool:
+    """Whether ``word`` of a comment names the parameter ``name``."""
+    return word in (name, *name.split("_"), *(field.description or "").lower().replace("(", " ").split())
