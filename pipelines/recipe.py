@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from clipcurate.pipelines.errors import RecipeError, did_you_mean
+from clipcurate.pipelines.overrides import apply_sets
 from clipcurate.pipelines.registry import UnknownStage, stage_class
 from clipcurate.pipelines.stage import SAMPLE_SCHEMA, Stage
 
@@ -53,6 +54,10 @@ class Recipe(BaseModel):
         description="flag a stage (the input reader too) that removes more than this share of the rows it receives",
     )
     stages: list[dict] = Field(default_factory=list)
+    overrides: list[str] = Field(
+        default_factory=list,
+        description="the `--set LABEL.PARAM=VALUE` overrides this run applied to the recipe file, in order",
+    )
     against: list[str] = Field(
         default_factory=list,
         description="earlier releases (finished run outputs) to curate against: dedup matches them, MetaCLIP "
@@ -65,9 +70,10 @@ class Recipe(BaseModel):
     )
 
 
-def load_recipe(path: str | Path, *, against=(), blocklist=()) -> tuple[Recipe, list[Stage]]:
+def load_recipe(path: str | Path, *, against=(), blocklist=(), sets=()) -> tuple[Recipe, list[Stage]]:
     """Read and validate a recipe file; returns the recipe and its built stages.
-    ``against`` and ``blocklist`` (the ``curate run`` flags) add to the recipe's own."""
+    ``against`` and ``blocklist`` (the ``curate run`` flags) add to the recipe's own;
+    ``sets`` are ``--set LABEL.PARAM=VALUE`` overrides (``pipelines/overrides.py``)."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -80,7 +86,8 @@ def load_recipe(path: str | Path, *, against=(), blocklist=()) -> tuple[Recipe, 
     except RecursionError:
         raise RecipeError(f"{path}: nested more than {MAX_DEPTH} levels deep") from None
     check_shape(raw, str(path))
-    raw = expand_env(raw if raw is not None else {}, str(path))
+    raw = apply_sets(raw if raw is not None else {}, list(sets), str(path))
+    raw = expand_env(raw, str(path))
     if (against or blocklist) and isinstance(raw, dict):
         for key in ("against", "blocklist"):
             if not isinstance(raw.get(key, []), list):

@@ -55,14 +55,23 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "before the download (blocklist:url, blocklist:uid), image hashes after it "
                              "(blocklist_image:sha256, blocklist_image:phash=<blocked hash>)")
     parser.add_argument("--inline", action="store_true", help="run stages in this process (debugging, small data)")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--set", action="append", default=[], metavar="LABEL.PARAM=VALUE", dest="sets",
+                        help="override one recipe value (repeatable), typed and validated as if the YAML said it, "
+                             "recorded in the manifest: --set clip_score.keep_matched=0.6 --set seed=1 "
+                             "--set language_filter.keep_languages=[en,de]")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no live view (per stage: rows so far, kept, rows/s, ETA; bars on a terminal, a line "
+                             "every 30 s otherwise)")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show Ray's own logs here (by default they go to OUTPUT/_work/ray.log)")
     add_exit_options(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    recipe, stages = load_recipe(args.recipe, against=args.against, blocklist=args.blocklist)
+    recipe, stages = load_recipe(args.recipe, against=args.against, blocklist=args.blocklist, sets=args.sets)
     options = RunOptions(address=args.address, inline=args.inline, force=args.force, on_change=args.on_change,
-                         progress=not args.no_progress, num_cpus=args.num_cpus, release_cache=args.against_cache)
+                         progress=not args.no_progress, quiet=not args.verbose, num_cpus=args.num_cpus,
+                         release_cache=args.against_cache)
     if args.sample is not None:
         manifest = run_preview(recipe, stages, args.input, args.output, args.sample, options,
                                recipe_source=args.recipe)

@@ -36,6 +36,8 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
 from clipcurate.pipelines import fingerprint as fp
+from clipcurate.pipelines import progress as live
+from clipcurate.pipelines.console import ray_output_to, terminal
 from clipcurate.pipelines.errors import UserError
 from clipcurate.pipelines.lock import LOCK_FILE, RunLock
 from clipcurate.pipelines.manifest import build_manifest, project_full_run, write_json_atomic
@@ -43,7 +45,7 @@ from clipcurate.pipelines.readers import input_files, input_fingerprint, read_in
 from clipcurate.pipelines.recipe import Recipe
 from clipcurate.pipelines.release import NO_CONTEXT, RunContext, bind, open_context, with_releases
 from clipcurate.pipelines.stage import GlobalStage, Resources, Stage, make_uid, set_column, unit_hash
-from clipcurate.pipelines.storage import Storage
+from clipcurate.pipelines.storage import Storage, cache_dir
 from clipcurate.pipelines.writer import COST_CPU, COST_WALL, OutputWriter, cost_columns, kept_rows
 
 WORK = "_work"
@@ -65,7 +67,8 @@ class RunOptions:
     inline: bool = False
     force: bool = False
     on_change: str = "recompute"  # unfinished work made under another recipe: "recompute" or "refuse"
-    progress: bool = True
+    progress: bool = True  # the live view (pipelines/progress.py)
+    quiet: bool = False  # Ray's own output to OUT/_work/ray.log instead of the terminal (the CLI's default)
     num_cpus: int | None = None
     release_cache: str | None = None  # where stages cache what they derive from --against releases (default OUT/_work/against)
 
@@ -80,15 +83,33 @@ def run_pipeline(recipe: Recipe, stages: list[Stage], input_spec, output: str | 
     options = options or RunOptions()
     out = output if isinstance(output, Storage) else Storage.at(output)
     with RunLock(out):
-        return _run_locked(recipe, stages, input_spec, out, options, recipe_source)
+        if options.force:
+            _clear(out)
+        with _ray_output(out, options):
+            return _run_locked(recipe, stages, input_spec, out, options, recipe_source)
+
+
+RAY_LOG = "ray.log"
+
+
+@contextlib.contextmanager
+def _ray_output(out: Storage, options: RunOptions):
+    """``quiet``: Ray's output goes to ``OUT/_work/ray.log`` (a local file beside the
+    object-store cache for remote outputs), named in one line on the terminal."""
+    if not options.quiet or options.inline:
+        yield
+        return
+    path = os.path.join(out.root, WORK, RAY_LOG) if out.local else \
+        str(cache_dir(out.uri(), "logs") / RAY_LOG)
+    with ray_output_to(path):
+        print(f"Ray's logs: {path} (-v shows them here)", file=terminal(), flush=True)
+        yield
 
 
 def _run_locked(recipe: Recipe, stages: list[Stage], input_spec, out: Storage, options: RunOptions,
                 recipe_source: str | None) -> dict:
     started = time.time()
     phases: dict[str, float] = {}
-    if options.force:
-        _clear(out)
     context = open_context(recipe.against, options.release_cache or out.uri(out.path(WORK, "against")))
     bind(stages, context)
     fingerprint = run_fingerprint(recipe, stages, input_spec, context)
@@ -110,23 +131,33 @@ def _run_locked(recipe: Recipe, stages: list[Stage], input_spec, out: Storage, o
         executor = InlineExecutor(out) if options.inline else RayExecutor(out, options)
         planned = {stage.label: executor.resources(stage) for stage in stages}  # before fit changes them
 
-    phase1_dir = work.path("phase1")
-    with _timed(phases, "phase1"):
-        if phase1_stages:
-            resume |= _check_phase1_fingerprint(work, phase1_dir, fingerprint["stages"][:checkpoint])
-            pending, exclude = _pending_partitions(index, work, phase1_dir)
-            resume["phase1_rows_reused"] = index["rows"] - _rows_in(work, pending) + len(exclude)
-            if pending:
-                executor.run_phase1(pending, exclude, phase1_stages, phase1_dir)
-            phase1_files = _check_phase1(index, work, phase1_dir)
-        else:  # nothing to keep: phase 2 reads the input partitions
-            phase1_files = [part["path"] for part in index["partitions"]]
+    view = live.RunProgress(ray_board=not options.inline, stream=terminal()) if options.progress else None
+    try:
+        phase1_dir = work.path("phase1")
+        with _timed(phases, "phase1"):
+            if phase1_stages:
+                resume |= _check_phase1_fingerprint(work, phase1_dir, fingerprint["stages"][:checkpoint])
+                pending, exclude = _pending_partitions(index, work, phase1_dir)
+                to_fetch = _rows_in(work, pending)
+                resume["phase1_rows_reused"] = index["rows"] - to_fetch + len(exclude)
+                if pending:
+                    if view:
+                        view.start_phase("phase 1", [s.label for s in phase1_stages], to_fetch - len(exclude))
+                    executor.run_phase1(pending, exclude, phase1_stages, phase1_dir)
+                phase1_files = _check_phase1(index, work, phase1_dir)
+            else:  # nothing to keep: phase 2 reads the input partitions
+                phase1_files = [part["path"] for part in index["partitions"]]
 
-    staging = work.path("final")
-    work.rmtree(staging)
-    with _timed(phases, "phase2"):
-        phase2 = executor.run_phase2(phase1_files, phase2_stages)
-        seconds = executor.cost_totals(phase2)  # before the writer drops the cost columns
+        staging = work.path("final")
+        work.rmtree(staging)
+        with _timed(phases, "phase2"):
+            if view:
+                view.start_phase("phase 2", [s.label for s in phase2_stages], index["rows"])
+            phase2 = executor.run_phase2(phase1_files, phase2_stages)
+            seconds = executor.cost_totals(phase2)  # before the writer drops the cost columns
+    finally:
+        if view:
+            view.close()
 
     with _timed(phases, "write"):
         executor.write(phase2, OutputWriter(out, staging, recipe.output.shard_rows))
@@ -398,6 +429,7 @@ def apply_stage(stage: Stage, batch: pa.Table) -> pa.Table:
     spent = watch.elapsed()
     if out.num_rows != batch.num_rows:
         raise RuntimeError(f"stage {stage.label} returned {out.num_rows} rows for {batch.num_rows}")
+    live.report(stage.label, out)
     return _charge(out, stage.label, spent)
 
 
@@ -413,9 +445,12 @@ def prepare_stage(stage: GlobalStage, batch: pa.Table) -> pa.Table:
 
 def _fit(stage: GlobalStage, kept) -> _Seconds:
     """``stage.fit`` on the driver, timed: its seconds count as the stage's."""
+    live.note(stage.label, "fitting on the driver")
     watch = _Stopwatch()
     stage.fit(kept)
-    return watch.elapsed()
+    spent = watch.elapsed()
+    live.note(stage.label, f"fitted in {spent.wall:.1f} s")
+    return spent
 
 
 def _charge(batch: pa.Table, label: str, spent: _Seconds) -> pa.Table:
@@ -577,7 +612,8 @@ class RayExecutor:
         self.store = store
         if not ray.is_initialized():
             address = options.address or os.environ.get("RAY_ADDRESS")
-            kwargs = {"include_dashboard": False, "ignore_reinit_error": True, "log_to_driver": True}
+            # quiet: workers' prints stay in Ray's session logs (the driver would echo them to stdout)
+            kwargs = {"include_dashboard": False, "ignore_reinit_error": True, "log_to_driver": not options.quiet}
             if address:
                 ray.init(address=address, **kwargs)
             else:
@@ -586,7 +622,7 @@ class RayExecutor:
         import ray.data
 
         context = ray.data.DataContext.get_current()
-        context.enable_progress_bars = options.progress
+        context.enable_progress_bars = False  # ours (pipelines/progress.py) show stages, not operators
         context.print_on_execution_start = options.progress
         if not options.progress:  # quiet runs (the demo, scripts): no per-dataset INFO lines
             logging.getLogger("ray.data").setLevel(logging.WARNING)
@@ -659,8 +695,7 @@ class RayExecutor:
             return ds.map_batches(
                 _StageActor,
                 fn_constructor_kwargs={"stage": stage, "method": method},
-                compute=pool,
-                scheduling_strategy="SPREAD",  # a pool over several nodes: their NICs and memory
+                compute=pool,  # spread over the nodes (Ray Data's default strategy): their NICs and memory
                 **common,
             )
         # a task takes whole blocks and slices them itself: with a batch_size Ray Data
