@@ -139,7 +139,7 @@ def bench_pool(name: str, args, work: Path) -> dict:
     gains = [b["zeroshot_top1"] - r["zeroshot_top1"] for b, r in zip(base["runs"], raw["runs"])]
     return {
         "gain_vs_raw": round(100 * _mean(gains), 2),
-        "seed_spread": max(base["seed_spread"], raw["seed_spread"]),
+        "seed_spread": max(base["seed_spread"] or 0.0, raw["seed_spread"] or 0.0),  # None: one seed, not measured
         "top1": {k: variants[k]["zeroshot_top1"] for k in variants},
         "clean_kept": base["truth"]["clean_kept"], "noise_removed": base["truth"]["noise_removed"],
         "mismatch_removed": base["truth"]["mismatch_removed"], "clean_rows_kept": base["truth"]["clean_rows_kept"],

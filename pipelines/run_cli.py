@@ -75,13 +75,13 @@ def run(args: argparse.Namespace) -> int:
     if args.sample is not None:
         manifest = run_preview(recipe, stages, args.input, args.output, args.sample, options,
                                recipe_source=args.recipe)
-        print(format_funnel(manifest))
-        print(format_projection(manifest["preview"]))
         output = os.path.join(args.output, PREVIEW)
+        print(format_funnel(manifest, output))
+        print(format_projection(manifest["preview"]))
         print(f"preview: {output}  manifest: {os.path.join(output, 'manifest.json')}  audit: curate audit {output}")
         return exit_code(manifest, fail_on_warning=args.fail_on_warning)
     manifest = run_pipeline(recipe, stages, args.input, args.output, options, recipe_source=args.recipe)
-    print(format_funnel(manifest))
+    print(format_funnel(manifest, args.output))
     print(format_resume(manifest.get("resume") or {}))
     print(f"shards: {os.path.join(args.output, 'shards')}  manifest: {os.path.join(args.output, 'manifest.json')}")
     return exit_code(manifest, fail_on_warning=args.fail_on_warning)
