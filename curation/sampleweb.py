@@ -216,6 +216,19 @@ class LoopbackServer:
         self.stop()
 
 
+@dataclass(frozen=True)
+class WebSpec:
+    """What rebuilds a sample web with the same URLs and bytes: the samples are a function
+    of (samples, seed) alone, and the pool's URLs (so its uids) name the port."""
+
+    samples: int
+    seed: int
+    port: int
+
+    def build(self) -> "SampleWeb":
+        return SampleWeb(n=self.samples, seed=self.seed, port=self.port)
+
+
 class SampleWeb(LoopbackServer):
     """The server. ``with SampleWeb(n=500) as web: web.write_pool(path)``.
 
@@ -236,6 +249,10 @@ class SampleWeb(LoopbackServer):
     def base_url(self) -> str:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
+
+    @property
+    def port(self) -> int:
+        return self._server.server_address[1]
 
     def _handler(self):
         web = self
