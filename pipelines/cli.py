@@ -19,6 +19,7 @@ from clipcurate.pipelines.errors import UserError
 COMMANDS: dict[str, str] = {
     "run": "clipcurate.pipelines.run_cli",
     "demo": "clipcurate.curation.demo",
+    "sampleweb": "clipcurate.curation.sampleweb_cli",
     "retry": "clipcurate.pipelines.download.retry",
     "train": "clipcurate.train.train_cli",
     "eval": "clipcurate.train.eval_cli",
