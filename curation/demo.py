@@ -59,7 +59,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs for the embedded Ray (default: all)")
     parser.add_argument("--address", default=None, help="Ray cluster address (default: embedded Ray)")
     parser.add_argument("--port", type=int, default=DEMO_PORT,
-                        help="loopback port of the sample web (0: any free port)")
+                        help="loopback port of the sample web (0: any free port); recorded in OUTPUT/demo.json, "
+                             "where curate sampleweb serve finds it")
 
 
 def run(args: argparse.Namespace) -> int:
