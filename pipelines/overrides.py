@@ -48,6 +48,12 @@ def _parse(text: str) -> tuple[list[str], object]:
     return path, parsed
 
 
+def stage_label(name: str, nth: int) -> str:
+    """The label of the ``nth`` (1-based) stage called ``name`` in a recipe: the name,
+    then ``<name>_2``, ``<name>_3`` (reject reasons and counts use it)."""
+    return name if nth == 1 else f"{name}_{nth}"
+
+
 def stage_labels(raw: dict) -> dict[str, int]:
     """Label -> index in ``raw['stages']``, labelled as the recipe loader labels them."""
     labels, seen = {}, {}
@@ -56,7 +62,7 @@ def stage_labels(raw: dict) -> dict[str, int]:
         if not isinstance(name, str):
             continue
         seen[name] = seen.get(name, 0) + 1
-        labels[name if seen[name] == 1 else f"{name}_{seen[name]}"] = i
+        labels[stage_label(name, seen[name])] = i
     return labels
 
 

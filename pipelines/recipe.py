@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from clipcurate.pipelines.errors import RecipeError, did_you_mean
-from clipcurate.pipelines.overrides import apply_sets
+from clipcurate.pipelines.overrides import apply_sets, stage_label
 from clipcurate.pipelines.registry import UnknownStage, stage_class
 from clipcurate.pipelines.stage import SAMPLE_SCHEMA, Stage
 
@@ -210,8 +210,7 @@ def build_stages(entries: list, source: str = "recipe", seed: int | None = None)
             problems.append(str(err))
             continue
         seen[stage.name] = seen.get(stage.name, 0) + 1
-        if seen[stage.name] > 1:
-            stage.label = f"{stage.name}_{seen[stage.name]}"
+        stage.label = stage_label(stage.name, seen[stage.name])
         stages.append(stage)
     if problems:
         raise RecipeError("\n".join(problems))
